@@ -1,0 +1,28 @@
+# Two entry points, each doing its own set-up in .venv (only python3 >= 3.11 is needed):
+#   make run    the main job        make test    the test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test setup benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/ovmse train --map 3m --steps 150000 --num-seeds 1
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+benchmark: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_online.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

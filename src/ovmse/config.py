@@ -1,0 +1,178 @@
+"""Typed configuration: the one place where defaults live, each with its source.
+
+Defaults follow PyMARL2's QMIX for SMAC (shared/REFERENCE.md, "QMIX defaults of PyMARL2"), the
+code base the paper builds on, unless a SMAX fact says otherwise. A config is frozen; a run is a
+function of its config and seed. `validate_*` raise UserError naming the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ovmse.errors import UserError
+
+ExplorationName = Literal["epsilon_greedy", "sequential"]
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    map: str = "3m"
+    """SMAX map name: 3m (quick), 2s3z, 3s5z, 5m_vs_6m, 6h_vs_8z (the paper's), or any SMAX map."""
+    episode_limit: int = 100
+    """Steps before an episode is cut (truncated); SMAX's own default on every map."""
+    reward_scale: float = 10.0
+    """Factor on SMAX's reward (at most 2 per episode), giving SMAC's 0-20 return scale."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    agent_hidden_dim: int = 64
+    """GRU hidden size of the shared agent network (PyMARL2: 64)."""
+    mixer_embed_dim: int = 32
+    """QMIX mixing embedding size (PyMARL2: 32)."""
+    hypernet_hidden_dim: int = 64
+    """Hidden size of the mixer's two-layer hypernetworks (PyMARL2: 64)."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    lr: float = 1e-3
+    """Adam learning rate (PyMARL2: 1e-3)."""
+    grad_clip_norm: float = 10.0
+    """Global gradient-norm clip (PyMARL2: 10)."""
+    gamma: float = 0.99
+    """Discount factor (PyMARL2: 0.99)."""
+    td_lambda: float = 0.6
+    """lambda of the TD(lambda) target; 0 is the one-step target of eq. 8 (PyMARL2: 0.6, 0.3 on
+    6h_vs_8z)."""
+    double_q: bool = True
+    """Pick the next action with the online network, value it with the target (PyMARL2: on)."""
+    batch_size: int = 128
+    """Episodes per gradient step (PyMARL2: 128)."""
+    buffer_size: int = 5000
+    """Replay capacity in episodes (PyMARL2: 5000)."""
+    target_update_interval: int = 200
+    """Episodes between hard copies of the online network into the target (PyMARL2: 200)."""
+    updates_per_iteration: int = 1
+    """Gradient steps after each round of num_envs new episodes (PyMARL2: 1 per 8 episodes)."""
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    exploration: ExplorationName = "epsilon_greedy"
+    """epsilon_greedy: each agent explores with eps_t; sequential: each with eps_t / N
+    (paper Algorithm 2)."""
+    eps_start: float = 1.0
+    """eps at env step 0 (PyMARL2: 1.0)."""
+    eps_end: float = 0.05
+    """eps after the anneal, held from then on (PyMARL2: 0.05)."""
+    eps_anneal_steps: int = 100_000
+    """Env steps of the linear decay of eq. 7 (PyMARL2: 100k; 500k on 6h_vs_8z)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Online QMIX training on SMAX."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    explore: ExplorationConfig = field(default_factory=ExplorationConfig)
+    steps: int = 500_000
+    """Env steps to train for (summed over the parallel environments of one seed)."""
+    num_envs: int = 8
+    """Episodes played in parallel per iteration (PyMARL2's batch_size_run: 8)."""
+    seed: int = 0
+    """First seed; seeds seed, seed+1, ... run together in one vectorised program."""
+    num_seeds: int = 1
+    """Independent seeds trained side by side (vmapped)."""
+    test_interval: int = 10_000
+    """Env steps between greedy tests (PyMARL2: 10k)."""
+    test_episodes: int = 32
+    """Greedy episodes per test (PyMARL2: 32)."""
+    final_test_episodes: int = 640
+    """Greedy episodes of the final test per seed (the paper's Table 1: 640)."""
+    checkpoint_interval: int = 100_000
+    """Env steps between resumable checkpoints (the last one is always written)."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _unit_interval(name: str, value: float) -> None:
+    _check(0.0 <= value <= 1.0 and math.isfinite(value), f"{name} must be in [0, 1], got {value}")
+
+
+def _positive(name: str, value: float) -> None:
+    _check(value > 0 and math.isfinite(value), f"{name} must be > 0, got {value}")
+
+
+def validate_env(cfg: EnvConfig) -> None:
+    from ovmse.envs.smax import MAPS
+
+    _check(cfg.map in MAPS, f"unknown map {cfg.map!r}; known SMAX maps: {', '.join(MAPS)}")
+    _positive("episode_limit", cfg.episode_limit)
+    _positive("reward_scale", cfg.reward_scale)
+
+
+def validate_network(cfg: NetworkConfig) -> None:
+    for name in ("agent_hidden_dim", "mixer_embed_dim", "hypernet_hidden_dim"):
+        _positive(name, getattr(cfg, name))
+
+
+def validate_learner(cfg: LearnerConfig) -> None:
+    _positive("lr", cfg.lr)
+    _positive("grad_clip_norm", cfg.grad_clip_norm)
+    _unit_interval("gamma", cfg.gamma)
+    _unit_interval("td_lambda", cfg.td_lambda)
+    for name in ("batch_size", "buffer_size", "target_update_interval", "updates_per_iteration"):
+        _positive(name, getattr(cfg, name))
+    _check(cfg.batch_size <= cfg.buffer_size,
+           f"batch_size ({cfg.batch_size}) must not exceed buffer_size ({cfg.buffer_size})")
+
+
+def validate_exploration(cfg: ExplorationConfig) -> None:
+    _check(cfg.exploration in ("epsilon_greedy", "sequential"),
+           f"exploration must be epsilon_greedy or sequential, got {cfg.exploration!r}")
+    _unit_interval("eps_start", cfg.eps_start)
+    _unit_interval("eps_end", cfg.eps_end)
+    _positive("eps_anneal_steps", cfg.eps_anneal_steps)
+
+
+def validate_train(cfg: TrainConfig) -> None:
+    validate_env(cfg.env)
+    validate_network(cfg.network)
+    validate_learner(cfg.learner)
+    validate_exploration(cfg.explore)
+    for name in ("steps", "num_envs", "num_seeds", "test_interval", "test_episodes",
+                 "final_test_episodes", "checkpoint_interval"):
+        _positive(name, getattr(cfg, name))
+    _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict` output; unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    _check(not unknown, f"unknown {cls.__name__} keys {sorted(unknown)}; "
+                        f"expected some of {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        kwargs[name] = (from_dict(type(default), value)
+                        if dataclasses.is_dataclass(default) else value)
+    return cls(**kwargs)
+
+
+def config_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

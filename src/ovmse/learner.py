@@ -1,0 +1,147 @@
+"""The QMIX learner: Q-values over sampled episodes, the TD loss (eq. 8) and one Adam update.
+
+Shapes: T = episode limit, B episodes, N agents, A actions. Parameters are a dict
+{"agent": ..., "mixer": ...}; the target network is a second copy of that dict.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ovmse.buffers.episode import EpisodeBatch
+from ovmse.config import LearnerConfig, NetworkConfig
+from ovmse.envs import EnvSpec
+from ovmse.exploration import greedy_actions
+from ovmse.losses import masked_mse, td_lambda_targets
+from ovmse.networks import QMixer, RNNAgent, agent_inputs
+
+
+class QmixNetworks(NamedTuple):
+    """The (parameter-free) module definitions; parameters live in LearnerState."""
+
+    agent: RNNAgent
+    mixer: QMixer
+    spec: EnvSpec
+
+
+class LearnerState(NamedTuple):
+    params: dict
+    target_params: dict
+    opt_state: optax.OptState
+    updates: jax.Array  # int32 [], gradient steps taken
+
+
+class UpdateMetrics(NamedTuple):
+    loss: jax.Array
+    td_error_abs: jax.Array
+    q_taken: jax.Array  # mean Q_tot(tau, a) over real transitions
+    target: jax.Array
+    grad_norm: jax.Array
+
+
+def make_networks(spec: EnvSpec, cfg: NetworkConfig) -> QmixNetworks:
+    return QmixNetworks(
+        agent=RNNAgent(cfg.agent_hidden_dim, spec.num_actions),
+        mixer=QMixer(spec.num_agents, cfg.mixer_embed_dim, cfg.hypernet_hidden_dim),
+        spec=spec,
+    )
+
+
+def init_params(key: jax.Array, nets: QmixNetworks) -> dict:
+    spec = nets.spec
+    key_agent, key_mixer = jax.random.split(key)
+    input_dim = spec.obs_dim + spec.num_actions + spec.num_agents
+    agent_params = nets.agent.init(key_agent, nets.agent.initial_hidden(1),
+                                   jnp.zeros((1, 1, input_dim)))
+    mixer_params = nets.mixer.init(key_mixer, jnp.zeros((spec.num_agents,)),
+                                   jnp.zeros((spec.state_dim,)))
+    return {"agent": agent_params, "mixer": mixer_params}
+
+
+def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
+    """Adam with global gradient-norm clipping (PyMARL2: lr 1e-3, clip 10)."""
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), optax.adam(cfg.lr))
+
+
+def init_learner(key: jax.Array, nets: QmixNetworks, cfg: LearnerConfig) -> LearnerState:
+    params = init_params(key, nets)
+    return LearnerState(params, params, make_optimizer(cfg).init(params),
+                        jnp.zeros((), jnp.int32))
+
+
+def agent_q_values(nets: QmixNetworks, agent_params, batch: EpisodeBatch) -> jax.Array:
+    """Q_i(tau_{i,t}, .) for every step of every episode: [T+1, B, N, A].
+
+    The GRU starts from zeros at t = 0 and sees o_t, a_{t-1} (none at t = 0) and the agent id.
+    """
+    t1, b, n, _ = batch.obs.shape
+    last_action = jnp.concatenate([jnp.full((1, b, n), -1, jnp.int32), batch.actions], axis=0)
+    inputs = agent_inputs(batch.obs, last_action, nets.spec.num_actions)
+    _, q = nets.agent.apply(agent_params, nets.agent.initial_hidden(b * n),
+                            inputs.reshape(t1, b * n, -1))
+    return q.reshape(t1, b, n, -1)
+
+
+def take(q: jax.Array, actions: jax.Array) -> jax.Array:
+    """Q_i(tau_i, a_i) for the given actions: q [..., N, A], actions [..., N] -> [..., N]."""
+    return jnp.take_along_axis(q, actions[..., None], axis=-1)[..., 0]
+
+
+def td_targets(nets: QmixNetworks, target_params: dict, q_online: jax.Array,
+               q_target: jax.Array, batch: EpisodeBatch, cfg: LearnerConfig) -> jax.Array:
+    """The TD(lambda) target of eq. 8 for every transition: [T, B] (not stopped).
+
+    a*_{t+1} = argmax over available actions of the online Q (double Q) or the target Q, and
+    Qbar_tot(tau_{t+1}, a*_{t+1}) = target mixer of the target agents' Q at a*, state s_{t+1}.
+    q_online, q_target: [T+1, B, N, A].
+    """
+    chooser = q_online if cfg.double_q else q_target
+    best_next = greedy_actions(jax.lax.stop_gradient(chooser[1:]), batch.avail[1:])
+    next_q = nets.mixer.apply(target_params["mixer"], take(q_target[1:], best_next),
+                              batch.state[1:])
+    return td_lambda_targets(batch.rewards, batch.terminated, batch.filled, next_q,
+                             cfg.gamma, cfg.td_lambda)
+
+
+def qmix_td_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
+                 cfg: LearnerConfig) -> tuple[jax.Array, UpdateMetrics]:
+    """Eq. 8: mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2, y the TD(lambda) target
+    from the target network (td_lambda = 0 is eq. 8 exactly). Returns (loss, metrics)."""
+    q_online = agent_q_values(nets, params["agent"], batch)
+    q_target = agent_q_values(nets, target_params["agent"], batch)
+    q_tot = nets.mixer.apply(params["mixer"], take(q_online[:-1], batch.actions),
+                             batch.state[:-1])
+    target = jax.lax.stop_gradient(td_targets(nets, target_params, q_online, q_target, batch,
+                                              cfg))
+    loss = masked_mse(q_tot, target, batch.filled)
+    count = jnp.maximum(jnp.sum(batch.filled), 1)
+
+    def masked_mean(x):
+        return jnp.sum(jnp.where(batch.filled, x, 0.0)) / count
+
+    metrics = UpdateMetrics(loss=loss, td_error_abs=masked_mean(jnp.abs(q_tot - target)),
+                            q_taken=masked_mean(q_tot), target=masked_mean(target),
+                            grad_norm=jnp.zeros(()))
+    return loss, metrics
+
+
+def learner_update(state: LearnerState, batch: EpisodeBatch, nets: QmixNetworks,
+                   cfg: LearnerConfig) -> tuple[LearnerState, UpdateMetrics]:
+    """One gradient step of the TD loss on a batch of episodes."""
+    grads, metrics = jax.grad(qmix_td_loss, has_aux=True)(
+        state.params, state.target_params, nets, batch, cfg)
+    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = metrics._replace(grad_norm=optax.tree.norm(grads))
+    return LearnerState(params, state.target_params, opt_state, state.updates + 1), metrics
+
+
+def update_target(state: LearnerState, enabled: jax.Array | bool = True) -> LearnerState:
+    """Hard copy of the online parameters into the target network when `enabled`."""
+    target = jax.tree.map(lambda online, old: jnp.where(enabled, online, old),
+                          state.params, state.target_params)
+    return state._replace(target_params=target)

@@ -1,0 +1,57 @@
+"""Figures from metrics records (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def curves_by_seed(records: list[dict], key: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{seed: (t_env [K], values [K])} from metrics records, in step order."""
+    by_seed: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for r in records:
+        if r.get(key) is not None:
+            by_seed[r["seed"]].append((r["t_env"], r[key]))
+    return {s: tuple(np.array(v) for v in zip(*sorted(pts))) for s, pts in by_seed.items()}
+
+
+def median_curve(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Median over seeds at each log point (log points are aligned by their `chunk` index; the
+    step is the median of the seeds' t_env there)."""
+    by_chunk: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for r in records:
+        if r.get(key) is not None:
+            by_chunk[r["chunk"]].append((r["t_env"], r[key]))
+    chunks = sorted(by_chunk)
+    steps = np.array([np.median([t for t, _ in by_chunk[c]]) for c in chunks])
+    values = np.array([np.median([v for _, v in by_chunk[c]]) for c in chunks])
+    return steps, values
+
+
+def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
+    """Test win rate and test return vs env steps: each seed thin, the median over seeds bold."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "test_win_rate", "test win rate"),
+                           (axes[1], "test_return", "test return (SMAC scale)")):
+        for seed, (steps, values) in sorted(curves_by_seed(records, key).items()):
+            ax.plot(steps, values, lw=0.8, alpha=0.5, label=f"seed {seed}")
+        steps, values = median_curve(records, key)
+        ax.plot(steps, values, lw=2.2, color="black", label="median")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

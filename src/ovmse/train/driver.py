@@ -1,0 +1,175 @@
+"""The Python side of online training: run folder, chunks, tests, checkpoints, resume, summary.
+
+Python runs once per test interval (one jitted chunk, one jitted test); everything per env step
+happens inside the jitted programs of train/online.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from ovmse.config import TrainConfig, config_json, from_dict, to_dict, validate_train
+from ovmse.errors import UserError
+from ovmse.plots import plot_learning_curve
+from ovmse.runs import (load_checkpoint, new_run_dir, read_checkpoint_meta, read_json,
+                        read_jsonl, save_checkpoint, write_json, write_jsonl)
+from ovmse.train.online import ChunkStats, OnlineTrainer, TestStats
+
+FINAL_TEST_INDEX = 1 << 30  # test-key index of the final test, apart from periodic tests'
+
+
+def chunk_ends(cfg: TrainConfig) -> list[int]:
+    """The env steps at which chunks end and tests run: every test_interval, and at `steps`."""
+    count = math.ceil(cfg.steps / cfg.test_interval)
+    return [min((k + 1) * cfg.test_interval, cfg.steps) for k in range(count)]
+
+
+def _records(chunk: int, states, stats: ChunkStats | None, test: TestStats, trainer,
+             wall_s: float) -> list[dict]:
+    """One metrics record per seed."""
+    host = jax.device_get((states.t_env, states.episodes, states.learner.updates, stats, test))
+    t_env, episodes, updates, stats, test = host
+    records = []
+    for i in range(len(t_env)):
+        rec = dict(seed=trainer.cfg.seed + i, chunk=chunk, t_env=int(t_env[i]),
+                   episodes=int(episodes[i]), updates=int(updates[i]),
+                   epsilon=float(trainer.epsilon(int(t_env[i]))), wall_s=round(wall_s, 3),
+                   test_win_rate=float(test.win_rate[i]), test_return=float(test.mean_return[i]),
+                   test_ep_length=float(test.mean_length[i]))
+        if stats is not None and stats.episodes[i] > 0:
+            n_ep, n_up = float(stats.episodes[i]), max(float(stats.updates[i]), 1.0)
+            rec.update(train_return=float(stats.returns[i]) / n_ep,
+                       train_win_rate=float(stats.wins[i]) / n_ep,
+                       train_ep_length=float(stats.lengths[i]) / n_ep,
+                       explored_agents=float(stats.explored_agents[i]) / n_ep)
+            if stats.updates[i] > 0:
+                rec.update({f"{k}": float(v[i]) / n_up
+                            for k, v in stats.update_metrics._asdict().items()})
+        records.append(rec)
+    return records
+
+
+def _checkpoint_meta(cfg: TrainConfig, chunk: int, wall_s: float) -> dict:
+    return dict(kind="online-train-state", config=to_dict(cfg), chunk=chunk, wall_s=wall_s)
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+          stop_after_chunks: int | None = None) -> dict | None:
+    """Train (or resume) online QMIX into `run_dir`; returns the summary dict.
+
+    `stop_after_chunks` pauses the run after that many chunks (test intervals) in total, with a
+    checkpoint, and returns None: `resume=True` later continues it exactly.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.npz"
+    if resume:
+        cfg = _resumable_config(run_dir)
+    else:
+        validate_train(cfg)
+        new_run_dir(run_dir)
+        write_json(run_dir / "config.json", to_dict(cfg))
+    trainer = OnlineTrainer(cfg)
+    ends = chunk_ends(cfg)
+
+    if resume:
+        template = jax.eval_shape(trainer.init, trainer.seed_keys())
+        states, meta = load_checkpoint(ckpt_path, template)
+        start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
+        records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["chunk"] <= start_chunk]
+    else:
+        states = trainer.init(trainer.seed_keys())
+        test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
+        start_chunk, wall_offset = 0, 0.0
+        records = _records(0, states, None, test, trainer, 0.0)
+    write_jsonl(run_dir / "metrics.jsonl", records)
+
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=int(np.min(jax.device_get(states.t_env))),
+               unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               desc=f"{cfg.env.map} x{cfg.num_seeds}")
+    last_saved_step = ends[start_chunk - 1] if start_chunk else 0
+    for chunk in range(start_chunk + 1, len(ends) + 1):
+        until = ends[chunk - 1]
+        states, stats = trainer.run_chunk(states, jnp.int32(until))
+        test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
+        wall_s = wall_offset + time.perf_counter() - start
+        new = _records(chunk, states, stats, test, trainer, wall_s)
+        records += new
+        write_jsonl(run_dir / "metrics.jsonl", records)
+        pausing = chunk == stop_after_chunks
+        if until - last_saved_step >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
+            save_checkpoint(ckpt_path, states, _checkpoint_meta(cfg, chunk, wall_s))
+            last_saved_step = until
+        bar.update(min(r["t_env"] for r in new) - bar.n)
+        bar.set_postfix(win=f"{np.mean([r['test_win_rate'] for r in new]):.2f}",
+                        ret=f"{np.mean([r['test_return'] for r in new]):.1f}")
+        if pausing:
+            bar.close()
+            return None
+    bar.close()
+    wall_s = wall_offset + time.perf_counter() - start
+
+    final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
+                                            cfg.final_test_episodes))
+    summary = _summary(cfg, records, final, wall_s)
+    write_json(run_dir / "summary.json", summary)
+    plot_learning_curve(records, run_dir / "learning_curve.png",
+                        f"QMIX on SMAX {cfg.env.map}, {cfg.num_seeds} seed(s)")
+    return summary
+
+
+def _resumable_config(run_dir: Path) -> TrainConfig:
+    """The config of an interrupted run, checked against its checkpoint."""
+    if not run_dir.is_dir():
+        raise UserError(f"cannot resume {run_dir}: no such run folder")
+    cfg = from_dict(TrainConfig, read_json(run_dir / "config.json"))
+    validate_train(cfg)
+    meta = read_checkpoint_meta(run_dir / "checkpoint.npz")
+    if meta.get("kind") != "online-train-state" or meta.get("config") != to_dict(cfg):
+        raise UserError(f"checkpoint in {run_dir} was not written by the run of its config.json "
+                        f"(kind {meta.get('kind')!r}); it cannot be resumed")
+    return cfg
+
+
+def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: float) -> dict:
+    last = {r["seed"]: r for r in records}
+    seeds = sorted(last)
+    win = [float(w) for w in final.win_rate]
+    t_env = [last[s]["t_env"] for s in seeds]
+    return dict(
+        map=cfg.env.map, seeds=seeds, t_env=t_env, wall_s=round(wall_s, 2),
+        env_steps_per_s=round(sum(t_env) / max(wall_s, 1e-9), 1),
+        final_test=dict(episodes=cfg.final_test_episodes, win_rate=win,
+                        mean_return=[float(x) for x in final.mean_return],
+                        mean_ep_length=[float(x) for x in final.mean_length],
+                        median_win_rate=float(np.median(win)), mean_win_rate=float(np.mean(win))),
+        config=to_dict(cfg),
+    )
+
+
+def format_table(records: list[dict], summary: dict, rows: int = 8) -> str:
+    """A plain-text table of the median test win rate / return over seeds along training, and
+    the final test."""
+    from ovmse.plots import median_curve
+
+    steps, wins = median_curve(records, "test_win_rate")
+    _, rets = median_curve(records, "test_return")
+    pick = np.unique(np.linspace(0, len(steps) - 1, min(rows, len(steps))).round().astype(int))
+    lines = [f"{'env steps':>10}  {'median test win rate':>20}  {'median test return':>18}"]
+    lines += [f"{int(steps[i]):>10}  {wins[i]:>20.3f}  {rets[i]:>18.2f}" for i in pick]
+    final = summary["final_test"]
+    lines.append(f"final test ({final['episodes']} episodes per seed): median win rate "
+                 f"{final['median_win_rate']:.3f}, per seed "
+                 + ", ".join(f"{w:.3f}" for w in final["win_rate"]))
+    return "\n".join(lines)
+
+
+__all__ = ["train", "format_table", "chunk_ends", "config_json"]

@@ -1,0 +1,160 @@
+"""Online QMIX on SMAX as one jitted program, vectorised over seeds.
+
+One *iteration* (per seed): play `num_envs` episodes with the exploring agents, add them to the
+episode buffer, then take `updates_per_iteration` gradient steps on batches of whole episodes
+once the buffer holds a batch, and copy the online network into the target every
+`target_update_interval` episodes (PyMARL2's loop: run, insert, train).
+
+One *chunk* runs iterations until every seed has reached a given env step (the next test point):
+`lax.while_loop` over `vmap(iteration)`. A seed that is already there does nothing in the
+remaining iterations: its updates are discarded and its buffer writes dropped, so a seed's
+results do not depend on which other seeds run beside it, and no buffer is ever copied.
+The Python driver (train/driver.py) calls one chunk per test interval.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ovmse.buffers.episode import EpisodeBuffer, add_episodes, init_buffer, sample_episodes
+from ovmse.config import TrainConfig
+from ovmse.envs import make_env
+from ovmse.exploration import linear_schedule
+from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
+                           make_networks, update_target)
+from ovmse.rollout import run_episodes
+
+
+class TrainState(NamedTuple):
+    """Everything a seed's run needs to continue exactly; leaves are per seed."""
+
+    learner: LearnerState
+    buffer: EpisodeBuffer
+    rng: jax.Array
+    t_env: jax.Array  # int32 [], env steps taken
+    episodes: jax.Array  # int32 [], episodes played
+
+
+class ChunkStats(NamedTuple):
+    """Sums over the iterations of a chunk (per seed); divide by the counts to get means."""
+
+    episodes: jax.Array
+    returns: jax.Array
+    wins: jax.Array
+    lengths: jax.Array
+    explored_agents: jax.Array
+    updates: jax.Array
+    update_metrics: UpdateMetrics
+
+
+class TestStats(NamedTuple):
+    """Greedy test results (per seed): win rate, mean return, mean episode length."""
+
+    win_rate: jax.Array
+    mean_return: jax.Array
+    mean_length: jax.Array
+
+
+def _select(condition, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
+
+
+def _zero_stats() -> ChunkStats:
+    zero = jnp.zeros((), jnp.float32)
+    return ChunkStats(zero, zero, zero, zero, zero, zero,
+                      UpdateMetrics(zero, zero, zero, zero, zero))
+
+
+class OnlineTrainer:
+    """Builds the jitted programs for one config: `init`, `run_chunk`, `evaluate`, `epsilon`."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.env = make_env(cfg.env.map, cfg.env.episode_limit, cfg.env.reward_scale)
+        self.spec = self.env.spec
+        self.nets = make_networks(self.spec, cfg.network)
+        self.init = jax.jit(jax.vmap(self._init_one))
+        self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
+        self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, 0, None)),
+                                static_argnums=2)
+
+    def seed_keys(self) -> jax.Array:
+        """[num_seeds] base keys, one per seed (seed, seed+1, ...)."""
+        seeds = jnp.arange(self.cfg.seed, self.cfg.seed + self.cfg.num_seeds)
+        return jax.vmap(jax.random.PRNGKey)(seeds)
+
+    def test_keys(self, test_index: int) -> jax.Array:
+        """Keys of the `test_index`-th test, a stream apart from training's."""
+        return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), test_index))(
+            self.seed_keys())
+
+    def epsilon(self, t_env):
+        x = self.cfg.explore
+        return linear_schedule(x.eps_start, x.eps_end, x.eps_anneal_steps, t_env)
+
+    def _init_one(self, seed_key: jax.Array) -> TrainState:
+        key_params, key_run = jax.random.split(jax.random.fold_in(seed_key, 0))
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(init_learner(key_params, self.nets, self.cfg.learner),
+                          init_buffer(self.spec, self.cfg.learner.buffer_size), key_run,
+                          zero, zero)
+
+    def _iteration(self, state: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
+        cfg, lcfg = self.cfg, self.cfg.learner
+        active = state.t_env < until
+        rng, key_rollout, key_updates = jax.random.split(state.rng, 3)
+        batch, episode_stats = run_episodes(
+            key_rollout, self.nets.agent, state.learner.params["agent"], self.env,
+            cfg.num_envs, self.epsilon(state.t_env), cfg.explore.exploration)
+        buffer = add_episodes(state.buffer, batch, active)
+        episodes = state.episodes + jnp.where(active, cfg.num_envs, 0)
+        learning = active & (buffer.size >= lcfg.batch_size)
+
+        def one_update(learner, key):
+            sample = sample_episodes(buffer, key, lcfg.batch_size)
+            updated, metrics = learner_update(learner, sample, self.nets, lcfg)
+            return _select(learning, updated, learner), metrics
+
+        learner, metrics = jax.lax.scan(one_update, state.learner,
+                                        jax.random.split(key_updates, lcfg.updates_per_iteration))
+        crossed = (episodes // lcfg.target_update_interval
+                   > state.episodes // lcfg.target_update_interval)
+        learner = update_target(learner, crossed)
+        new_state = TrainState(learner, buffer, jnp.where(active, rng, state.rng),
+                               state.t_env + jnp.where(active, episode_stats.lengths.sum(), 0),
+                               episodes)
+        weight = active.astype(jnp.float32)
+        num_updates = learning.astype(jnp.float32) * lcfg.updates_per_iteration
+        stats = ChunkStats(
+            episodes=weight * cfg.num_envs,
+            returns=weight * episode_stats.returns.sum(),
+            wins=weight * episode_stats.won.sum(),
+            lengths=weight * episode_stats.lengths.sum(),
+            explored_agents=weight * episode_stats.explored_agents.sum(),
+            updates=num_updates,
+            update_metrics=jax.tree.map(lambda m: learning * m.sum(), metrics),
+        )
+        return new_state, stats
+
+    def _run_chunk(self, states: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
+        """Iterate every seed until its t_env >= until. states: TrainState with leaves [S, ...]."""
+        num_seeds = states.t_env.shape[0]
+
+        def not_done(carry):
+            return jnp.any(carry[0].t_env < until)
+
+        def body(carry):
+            states, totals = carry
+            states, stats = jax.vmap(self._iteration, in_axes=(0, None))(states, until)
+            return states, jax.tree.map(jnp.add, totals, stats)
+
+        zeros = jax.tree.map(lambda z: jnp.zeros((num_seeds,), z.dtype), _zero_stats())
+        return jax.lax.while_loop(not_done, body, (states, zeros))
+
+    def _evaluate_one(self, state: TrainState, key: jax.Array, num_episodes: int) -> TestStats:
+        _, stats = run_episodes(key, self.nets.agent, state.learner.params["agent"], self.env,
+                                num_episodes, jnp.zeros(()), "greedy")
+        return TestStats(stats.won.mean(), stats.returns.mean(), stats.lengths.mean())
