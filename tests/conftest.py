@@ -14,7 +14,8 @@ def tiny_train_config(**overrides) -> TrainConfig:
     cfg = TrainConfig(
         env=EnvConfig(map="3m", episode_limit=20),
         network=NetworkConfig(agent_hidden_dim=16, mixer_embed_dim=8, hypernet_hidden_dim=16),
-        learner=LearnerConfig(batch_size=8, buffer_size=32, target_update_interval=16),
+        learner=LearnerConfig(batch_size=8, buffer_size=32, target_update_interval=16,
+                              length_buckets=2),
         explore=ExplorationConfig(eps_anneal_steps=500),
         steps=600, num_envs=4, num_seeds=1, test_interval=200, test_episodes=4,
         final_test_episodes=8, checkpoint_interval=200,

@@ -13,7 +13,8 @@ from ovmse.train.driver import train
 
 TINY_FLAGS = ["--map", "3m", "--episode-limit", "20", "--agent-hidden-dim", "16",
               "--mixer-embed-dim", "8", "--hypernet-hidden-dim", "16", "--batch-size", "8",
-              "--buffer-size", "32", "--target-update-interval", "16", "--eps-anneal-steps",
+              "--buffer-size", "32", "--target-update-interval", "16", "--length-buckets", "2",
+              "--eps-anneal-steps",
               "500", "--steps", "600", "--num-envs", "4", "--test-interval", "200",
               "--test-episodes", "4", "--final-test-episodes", "8", "--checkpoint-interval",
               "200", "--no-progress"]

@@ -59,6 +59,10 @@ class LearnerConfig:
     """Episodes between hard copies of the online network into the target (PyMARL2: 200)."""
     updates_per_iteration: int = 1
     """Gradient steps after each round of num_envs new episodes (PyMARL2: 1 per 8 episodes)."""
+    length_buckets: int = 6
+    """Number of compiled unroll lengths of the update, ceil(episode_limit * (2/3)^k). A batch is
+    unrolled only to the shortest one that holds its longest episode (exact: the rest is
+    padding); 1 always unrolls the whole episode limit."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ def validate_learner(cfg: LearnerConfig) -> None:
     _positive("grad_clip_norm", cfg.grad_clip_norm)
     _unit_interval("gamma", cfg.gamma)
     _unit_interval("td_lambda", cfg.td_lambda)
-    for name in ("batch_size", "buffer_size", "target_update_interval", "updates_per_iteration"):
+    for name in ("batch_size", "buffer_size", "target_update_interval", "updates_per_iteration",
+                 "length_buckets"):
         _positive(name, getattr(cfg, name))
     _check(cfg.batch_size <= cfg.buffer_size,
            f"batch_size ({cfg.batch_size}) must not exceed buffer_size ({cfg.buffer_size})")

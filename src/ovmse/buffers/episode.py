@@ -59,6 +59,15 @@ class EpisodeBatch(NamedTuple):
         """[B] whether each episode was won."""
         return jnp.any(self.won & self.filled, axis=0)
 
+    def first_steps(self, length: int) -> "EpisodeBatch":
+        """The first `length` transitions (and `length` + 1 observations) of every episode.
+
+        When no episode is longer than `length`, everything cut off is padding, and losses
+        computed on the result equal those on the whole batch (the unroll is causal).
+        """
+        return EpisodeBatch(*(x[: length + 1] if name in ("obs", "state", "avail") else x[:length]
+                              for name, x in zip(self._fields, self)))
+
 
 def empty_batch(spec: EnvSpec, num_episodes: int) -> EpisodeBatch:
     """An all-padding batch of `num_episodes` episodes for the sizes in `spec`."""

@@ -3,7 +3,9 @@
 One *iteration* (per seed): play `num_envs` episodes with the exploring agents, add them to the
 episode buffer, then take `updates_per_iteration` gradient steps on batches of whole episodes
 once the buffer holds a batch, and copy the online network into the target every
-`target_update_interval` episodes (PyMARL2's loop: run, insert, train).
+`target_update_interval` episodes (PyMARL2's loop: run, insert, train). Updates unroll the
+recurrent networks only as far as the batch's longest episode needs (see `_learn`): SMAX
+episodes are mostly far shorter than the limit, and everything beyond them is padding.
 
 One *chunk* runs iterations until every seed has reached a given env step (the next test point):
 `lax.while_loop` over `vmap(iteration)`. A seed that is already there does nothing in the
@@ -14,6 +16,7 @@ The Python driver (train/driver.py) calls one chunk per test interval.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -102,42 +105,82 @@ class OnlineTrainer:
                           init_buffer(self.spec, self.cfg.learner.buffer_size), key_run,
                           zero, zero)
 
-    def _iteration(self, state: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
+    def _collect(self, state: TrainState, until: jax.Array):
+        """Play num_envs episodes, store them, and draw the batches of this iteration's updates.
+
+        Returns (state, batches [U, T(+1), B, ...], learning [], stats without update metrics).
+        """
         cfg, lcfg = self.cfg, self.cfg.learner
         active = state.t_env < until
-        rng, key_rollout, key_updates = jax.random.split(state.rng, 3)
+        rng, key_rollout, key_sample = jax.random.split(state.rng, 3)
         batch, episode_stats = run_episodes(
             key_rollout, self.nets.agent, state.learner.params["agent"], self.env,
             cfg.num_envs, self.epsilon(state.t_env), cfg.explore.exploration)
         buffer = add_episodes(state.buffer, batch, active)
-        episodes = state.episodes + jnp.where(active, cfg.num_envs, 0)
+        batches = jax.vmap(lambda k: sample_episodes(buffer, k, lcfg.batch_size))(
+            jax.random.split(key_sample, lcfg.updates_per_iteration))
         learning = active & (buffer.size >= lcfg.batch_size)
-
-        def one_update(learner, key):
-            sample = sample_episodes(buffer, key, lcfg.batch_size)
-            updated, metrics = learner_update(learner, sample, self.nets, lcfg)
-            return _select(learning, updated, learner), metrics
-
-        learner, metrics = jax.lax.scan(one_update, state.learner,
-                                        jax.random.split(key_updates, lcfg.updates_per_iteration))
-        crossed = (episodes // lcfg.target_update_interval
-                   > state.episodes // lcfg.target_update_interval)
-        learner = update_target(learner, crossed)
-        new_state = TrainState(learner, buffer, jnp.where(active, rng, state.rng),
-                               state.t_env + jnp.where(active, episode_stats.lengths.sum(), 0),
-                               episodes)
+        new_state = state._replace(
+            buffer=buffer, rng=jnp.where(active, rng, state.rng),
+            t_env=state.t_env + jnp.where(active, episode_stats.lengths.sum(), 0),
+            episodes=state.episodes + jnp.where(active, cfg.num_envs, 0))
         weight = active.astype(jnp.float32)
-        num_updates = learning.astype(jnp.float32) * lcfg.updates_per_iteration
         stats = ChunkStats(
             episodes=weight * cfg.num_envs,
             returns=weight * episode_stats.returns.sum(),
             wins=weight * episode_stats.won.sum(),
             lengths=weight * episode_stats.lengths.sum(),
             explored_agents=weight * episode_stats.explored_agents.sum(),
-            updates=num_updates,
-            update_metrics=jax.tree.map(lambda m: learning * m.sum(), metrics),
+            updates=learning.astype(jnp.float32) * lcfg.updates_per_iteration,
+            update_metrics=_zero_stats().update_metrics,
         )
-        return new_state, stats
+        return new_state, batches, learning, stats
+
+    def unroll_lengths(self) -> tuple[int, ...]:
+        """The compiled unroll lengths, shortest first: ceil(limit * (2/3)^k) for
+        k < learner.length_buckets, so a batch never unrolls more than 1.5x its longest episode
+        (above the shortest length)."""
+        limit = self.spec.episode_limit
+        return tuple(sorted({math.ceil(limit * (2 / 3) ** k)
+                             for k in range(self.cfg.learner.length_buckets)}))
+
+    def _learn(self, learners: LearnerState, batches, learning: jax.Array):
+        """The iteration's gradient steps for all seeds. learners: [S, ...]; batches:
+        [S, U, T(+1), B, ...]; learning: [S] (false: the seed's update is discarded).
+
+        Each update unrolls only the shortest compiled length that holds the longest episode of
+        any seed's batch: `lax.switch` sits outside the vmap over seeds, so it really branches.
+        """
+        lengths = self.unroll_lengths()
+
+        def update_at(length):
+            def update(learner, batch):
+                return learner_update(learner, batch.first_steps(length), self.nets,
+                                      self.cfg.learner)
+            return jax.vmap(update)
+
+        def one_update(learners, batch):
+            longest = jnp.max(jnp.sum(batch.filled, axis=1))
+            branch = jnp.searchsorted(jnp.array(lengths), longest)
+            updated, metrics = jax.lax.switch(branch, [update_at(n) for n in lengths],
+                                              learners, batch)
+            learners = jax.vmap(_select)(learning, updated, learners)
+            return learners, jax.tree.map(lambda m: learning * m, metrics)
+
+        per_update = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batches)  # [U, S, ...]
+        learners, metrics = jax.lax.scan(one_update, learners, per_update)
+        return learners, jax.tree.map(lambda m: m.sum(0), metrics)
+
+    def _iteration(self, states: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
+        """One iteration of every seed: collect (vmapped), learn, update targets."""
+        interval = self.cfg.learner.target_update_interval
+        episodes_before = states.episodes
+        states, batches, learning, stats = jax.vmap(self._collect, in_axes=(0, None))(
+            states, until)
+        learners, metrics = self._learn(states.learner, batches, learning)
+        crossed = states.episodes // interval > episodes_before // interval
+        learners = jax.vmap(update_target)(learners, crossed)
+        return states._replace(learner=learners), stats._replace(update_metrics=metrics)
 
     def _run_chunk(self, states: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
         """Iterate every seed until its t_env >= until. states: TrainState with leaves [S, ...]."""
@@ -148,7 +191,7 @@ class OnlineTrainer:
 
         def body(carry):
             states, totals = carry
-            states, stats = jax.vmap(self._iteration, in_axes=(0, None))(states, until)
+            states, stats = self._iteration(states, until)
             return states, jax.tree.map(jnp.add, totals, stats)
 
         zeros = jax.tree.map(lambda z: jnp.zeros((num_seeds,), z.dtype), _zero_stats())
@@ -156,5 +199,5 @@ class OnlineTrainer:
 
     def _evaluate_one(self, state: TrainState, key: jax.Array, num_episodes: int) -> TestStats:
         _, stats = run_episodes(key, self.nets.agent, state.learner.params["agent"], self.env,
-                                num_episodes, jnp.zeros(()), "greedy")
+                                num_episodes, jnp.zeros(()), "greedy", record=False)
         return TestStats(stats.won.mean(), stats.returns.mean(), stats.lengths.mean())
