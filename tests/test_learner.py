@@ -89,3 +89,20 @@ def test_q_values_depend_on_history_not_only_on_the_current_observation():
     q_b = agent_q_values(NETS, state.params["agent"], changed)
     assert not np.allclose(q_a[2], q_b[2])  # the GRU carries t = 0 forward
     assert take(q_a, jnp.zeros(q_a.shape[:-1], jnp.int32)).shape == q_a.shape[:-1]
+
+
+def test_unrolling_only_the_longest_episode_gives_the_same_loss_and_gradient():
+    # _batch's longest episode has 5 steps = the limit; cut a 3-step batch to first_steps(3)
+    cfg = LearnerConfig()
+    state = init_learner(jax.random.PRNGKey(0), NETS, cfg)
+    batch = _batch(jax.random.PRNGKey(5))
+    short = batch._replace(filled=batch.filled & (jnp.arange(5)[:, None] < 3),
+                           terminated=batch.terminated & (jnp.arange(5)[:, None] < 3))
+    cut = short.first_steps(3)
+    assert cut.obs.shape[0] == 4 and cut.actions.shape[0] == 3
+    grad_fn = jax.grad(qmix_td_loss, has_aux=True)
+    g_full, m_full = grad_fn(state.params, state.target_params, NETS, short, cfg)
+    g_cut, m_cut = grad_fn(state.params, state.target_params, NETS, cut, cfg)
+    assert float(m_cut.loss) == pytest.approx(float(m_full.loss), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_cut)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

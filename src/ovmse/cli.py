@@ -3,7 +3,6 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -75,5 +74,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__ = ["main", "Train", "dataclasses"]

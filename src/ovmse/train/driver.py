@@ -53,6 +53,7 @@ def _records(chunk: int, states, stats: ChunkStats | None, test: TestStats, trai
             if stats.updates[i] > 0:
                 rec.update({f"{k}": float(v[i]) / n_up
                             for k, v in stats.update_metrics._asdict().items()})
+                rec["unroll_length"] = float(stats.unroll_steps[i]) / n_up
         records.append(rec)
     return records
 

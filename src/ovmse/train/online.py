@@ -50,6 +50,7 @@ class ChunkStats(NamedTuple):
     lengths: jax.Array
     explored_agents: jax.Array
     updates: jax.Array
+    unroll_steps: jax.Array  # sum over updates of the unroll length used
     update_metrics: UpdateMetrics
 
 
@@ -67,7 +68,7 @@ def _select(condition, new, old):
 
 def _zero_stats() -> ChunkStats:
     zero = jnp.zeros((), jnp.float32)
-    return ChunkStats(zero, zero, zero, zero, zero, zero,
+    return ChunkStats(zero, zero, zero, zero, zero, zero, zero,
                       UpdateMetrics(zero, zero, zero, zero, zero))
 
 
@@ -132,6 +133,7 @@ class OnlineTrainer:
             lengths=weight * episode_stats.lengths.sum(),
             explored_agents=weight * episode_stats.explored_agents.sum(),
             updates=learning.astype(jnp.float32) * lcfg.updates_per_iteration,
+            unroll_steps=jnp.zeros((), jnp.float32),
             update_metrics=_zero_stats().update_metrics,
         )
         return new_state, batches, learning, stats
@@ -165,11 +167,12 @@ class OnlineTrainer:
             updated, metrics = jax.lax.switch(branch, [update_at(n) for n in lengths],
                                               learners, batch)
             learners = jax.vmap(_select)(learning, updated, learners)
-            return learners, jax.tree.map(lambda m: learning * m, metrics)
+            unrolled = learning * jnp.array(lengths, jnp.float32)[branch]
+            return learners, (jax.tree.map(lambda m: learning * m, metrics), unrolled)
 
         per_update = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batches)  # [U, S, ...]
-        learners, metrics = jax.lax.scan(one_update, learners, per_update)
-        return learners, jax.tree.map(lambda m: m.sum(0), metrics)
+        learners, (metrics, unrolled) = jax.lax.scan(one_update, learners, per_update)
+        return learners, jax.tree.map(lambda m: m.sum(0), metrics), unrolled.sum(0)
 
     def _iteration(self, states: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
         """One iteration of every seed: collect (vmapped), learn, update targets."""
@@ -177,10 +180,11 @@ class OnlineTrainer:
         episodes_before = states.episodes
         states, batches, learning, stats = jax.vmap(self._collect, in_axes=(0, None))(
             states, until)
-        learners, metrics = self._learn(states.learner, batches, learning)
+        learners, metrics, unrolled = self._learn(states.learner, batches, learning)
         crossed = states.episodes // interval > episodes_before // interval
         learners = jax.vmap(update_target)(learners, crossed)
-        return states._replace(learner=learners), stats._replace(update_metrics=metrics)
+        return (states._replace(learner=learners),
+                stats._replace(update_metrics=metrics, unroll_steps=unrolled))
 
     def _run_chunk(self, states: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
         """Iterate every seed until its t_env >= until. states: TrainState with leaves [S, ...]."""
