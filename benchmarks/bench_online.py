@@ -30,6 +30,7 @@ from ovmse.buffers.episode import empty_batch, sample_episodes
 from ovmse.config import EnvConfig, TrainConfig
 from ovmse.envs import make_env
 from ovmse.learner import init_learner, learner_update, make_networks
+from ovmse.runs import read_jsonl
 from ovmse.train.online import OnlineTrainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -191,23 +192,23 @@ print(json.dumps(dict(seconds=time.perf_counter() - start, state_bytes_per_seed=
                 peak_rss_mb=round(result["peak_rss_mb"], 1))
 
 
-def learning_curve(map_name: str, seeds: list[int], steps: int, out_dir: Path) -> dict:
-    """Each seed alone through `ovmse train` in its own process; returns the per-seed curves."""
+def learning_curve(map_name: str, seeds: list[int], steps: int, work_dir: Path) -> dict:
+    """Each seed alone through `ovmse train` in its own process; returns the per-seed curves.
+    A seed whose run in work_dir has already finished (summary.json) is read, not rerun."""
     runs = {}
     for seed in seeds:
-        run_dir = out_dir / f"{map_name}-seed{seed}"
-        cmd = [sys.executable, "-m", "ovmse.cli", "train", "--map", map_name, "--steps",
-               str(steps), "--seed", str(seed), "--out", str(run_dir), "--no-progress"]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        total_s = time.perf_counter() - start
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().split()]
+        run_dir = work_dir / f"{map_name}-{steps}-seed{seed}"
+        if not (run_dir / "summary.json").exists():
+            cmd = [sys.executable, "-m", "ovmse.cli", "train", "--map", map_name, "--steps",
+                   str(steps), "--seed", str(seed), "--out", str(run_dir), "--no-progress"]
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        records = read_jsonl(run_dir / "metrics.jsonl")
         summary = json.loads((run_dir / "summary.json").read_text())
         runs[seed] = dict(
             t_env=[r["t_env"] for r in records], wall_s=[r["wall_s"] for r in records],
             test_win_rate=[r["test_win_rate"] for r in records],
             test_return=[r["test_return"] for r in records],
-            process_seconds=round(total_s, 1),
+            train_seconds=summary["wall_s"],
             final_test_win_rate=summary["final_test"]["win_rate"][0])
     return runs
 
@@ -218,6 +219,21 @@ def first_crossing(curve: dict, threshold: float):
         if v >= threshold:
             return t, w
     return None
+
+
+def threshold_summary(runs: dict, threshold: float) -> dict:
+    """Per seed (env steps, wall s) of the first test at or above threshold, and the medians
+    over seeds counting a seed that never got there as infinitely late (None if the median
+    seed never got there)."""
+    hits = {seed: first_crossing(curve, threshold) for seed, curve in runs.items()}
+
+    def median_of(index):
+        values = sorted(h[index] if h else float("inf") for h in hits.values())
+        mid = len(values) // 2
+        median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        return None if median == float("inf") else float(median)
+
+    return dict(per_seed=hits, median_env_steps=median_of(0), median_wall_s=median_of(1))
 
 
 def plot_curves(curves: dict, path: Path) -> None:
@@ -258,6 +274,8 @@ def main() -> None:
     parser.add_argument("--seed-counts", type=int, nargs="+", default=[1, 6])
     parser.add_argument("--seed-steps", type=int, default=20_000)
     parser.add_argument("--tag", default="cpu", help="suffix of the result files (e.g. cpu, h200)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="curves: run folders (finished runs there are reused)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     result: dict = dict(machine=machine(), section=args.section)
@@ -266,7 +284,7 @@ def main() -> None:
         result["maps"] = {m: throughput(m, args.measure_steps, args.warmup_steps)
                           for m in args.maps}
         for m, r in result["maps"].items():
-            print(f"{m}: env only {r['env_only_steps_per_s']} steps/s | rollout "
+            print(f"{m}: env only {r['env_only_steps_per_s']} steps/s | acting "
                   f"{r['acting_ms_per_iteration']} ms/iteration | update "
                   f"{r['update_ms_in_loop']} ms in loop, alone by unroll length "
                   f"{r['update_ms_by_unroll_length']} | training {r['train_env_steps_per_s']} "
@@ -282,19 +300,12 @@ def main() -> None:
                   f"{r['env_steps_per_seed']} env steps per seed; state "
                   f"{r['state_mb_per_seed']} MB per seed; peak RSS {r['peak_rss_mb']} MB")
     else:
-        out_dir = Path(tempfile.mkdtemp(prefix="ovmse-curves-"))
-        curves = {m: learning_curve(m, args.seeds, args.steps, out_dir) for m in args.maps}
+        work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="ovmse-curves-"))
+        curves = {m: learning_curve(m, args.seeds, args.steps, work_dir) for m in args.maps}
         result.update(steps=args.steps, seeds=args.seeds, curves=curves, to_threshold={})
         for m, runs in curves.items():
             for threshold in (0.5, 0.8):
-                hits = {s: first_crossing(c, threshold) for s, c in runs.items()}
-                reached = [h for h in hits.values() if h is not None]
-                result["to_threshold"][f"{m}@{threshold}"] = dict(
-                    per_seed={s: h for s, h in hits.items()},
-                    median_env_steps=(float(np.median([h[0] for h in reached]))
-                                      if len(reached) * 2 > len(hits) else None),
-                    median_wall_s=(float(np.median([h[1] for h in reached]))
-                                   if len(reached) * 2 > len(hits) else None))
+                result["to_threshold"][f"{m}@{threshold}"] = threshold_summary(runs, threshold)
             finals = [c["final_test_win_rate"] for c in runs.values()]
             print(f"{m}: final 640-episode win rate per seed {finals}; to 0.8: "
                   f"{result['to_threshold'][f'{m}@0.8']}")
