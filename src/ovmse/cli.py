@@ -1,5 +1,9 @@
 """The `ovmse` command line. Each subcommand is a typed dataclass parsed by tyro; its field
-docstrings are the --help text. Mistakes the user can fix print one line and exit with code 2."""
+docstrings are the --help text. Mistakes the user can fix print one line and exit with code 2.
+
+    ovmse train ...                  online QMIX (train/)
+    ovmse dataset build|collect|info|verify|mix ...   offline datasets (datasets/)
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable, Literal
 
 import tyro
 
 from ovmse.config import TrainConfig
 from ovmse.errors import UserError
+
+Quality = Literal["random", "medium", "medium-replay", "expert"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Train:
 
 
 def run_train(cmd: Train) -> int:
+    from ovmse.runs import read_jsonl
     from ovmse.train.driver import format_table, train
 
     if cmd.resume is not None:
@@ -42,35 +49,200 @@ def run_train(cmd: Train) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir, resume = cmd.out or Path("runs") / f"{cmd.config.env.map}-qmix-{stamp}", False
     summary = train(cmd.config, run_dir, resume=resume, progress=cmd.progress)
-    from ovmse.runs import read_jsonl
-
     print(format_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
 
 
-COMMANDS = {"train": (Train, run_train)}
+@dataclass(frozen=True)
+class DatasetBuild:
+    """Make all datasets of a map from one QMIX training run: random, medium, medium-replay,
+    expert (docs/datasets.md gives the rule)."""
+
+    map: str = "3m"
+    """SMAX map."""
+    out: Path = Path("datasets/3m")
+    """Folder to hold the source run and one dataset folder per quality."""
+    seed: int = 0
+    """Seed of the training run and of the collection."""
+    steps: int = 500_000
+    """Env steps of the QMIX training run."""
+    episodes: int = 1000
+    """Episodes per collected dataset (random, medium, expert)."""
+    eval_episodes: int = 256
+    """Greedy episodes used to re-measure each policy snapshot's win rate."""
+    epsilon: float = 0.05
+    """Behaviour epsilon of the medium and expert rollouts."""
+    qualities: tuple[Quality, ...] = ("random", "medium-replay", "medium", "expert")
+    """Which datasets to write."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def run_dataset_build(cmd: DatasetBuild) -> int:
+    from ovmse.datasets.build import build_datasets
+
+    _check_collection_args(cmd.map, cmd.episodes, cmd.epsilon, cmd.seed)
+    if cmd.steps <= 0:
+        raise UserError(f"steps must be > 0, got {cmd.steps}")
+    record = build_datasets(cmd.map, cmd.out, seed=cmd.seed, steps=cmd.steps,
+                            episodes=cmd.episodes, eval_episodes=cmd.eval_episodes,
+                            epsilon=cmd.epsilon, qualities=cmd.qualities, progress=cmd.progress)
+    print(f"expert: {record['expert']} (greedy win rate {record['expert_win_rate']:.3f}); "
+          f"medium: {record['medium']} ({record['medium_win_rate']:.3f})")
+    for quality, d in record["datasets"].items():
+        print(f"{cmd.out / quality}: {d['episodes']} episodes, {d['transitions']} transitions, "
+              f"mean return {d['mean_return']:.2f}, win rate {d['win_rate']:.3f}")
+    return 0
+
+
+@dataclass(frozen=True)
+class DatasetCollect:
+    """Collect one dataset: random play, or a policy snapshot of a training run."""
+
+    map: str = "3m"
+    """SMAX map."""
+    quality: Quality = "random"
+    """random: uniform random available actions; medium / expert: the snapshot of --run chosen
+    by the build rule; medium-replay: --run's replay buffer at its medium snapshot."""
+    episodes: int = 1000
+    """Episodes to collect (not used by medium-replay, which takes the whole buffer)."""
+    seed: int = 0
+    """Collection seed."""
+    run: Path | None = None
+    """A training run folder (ovmse train) with policy snapshots; needed except for random."""
+    epsilon: float = 0.05
+    """Behaviour epsilon of policy rollouts."""
+    eval_episodes: int = 256
+    """Greedy episodes used to re-measure each snapshot's win rate (the build rule)."""
+    out: Path = Path("datasets/3m/random")
+    """Dataset folder to write."""
+    overwrite: bool = False
+    """Replace an existing dataset at --out."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def run_dataset_collect(cmd: DatasetCollect) -> int:
+    from ovmse.datasets.build import collect_quality
+
+    _check_collection_args(cmd.map, cmd.episodes, cmd.epsilon, cmd.seed)
+    if cmd.quality != "random" and cmd.run is None:
+        raise UserError(f"--quality {cmd.quality} needs --run RUN_DIR (a training run with "
+                        f"policy snapshots)")
+    meta = collect_quality(cmd.map, cmd.quality, cmd.out, episodes=cmd.episodes, seed=cmd.seed,
+                           run_dir=cmd.run, epsilon=cmd.epsilon,
+                           eval_episodes=cmd.eval_episodes, overwrite=cmd.overwrite,
+                           progress=cmd.progress)
+    rate = meta["provenance"].get("episodes_per_s")
+    print(f"{cmd.out}: {meta['episodes']} episodes, {meta['transitions']} transitions, mean "
+          f"return {meta['mean_return']:.2f}, win rate {meta['win_rate']:.3f}"
+          + (f", {rate} episodes/s" if rate else ""))
+    return 0
+
+
+def _check_collection_args(map_name: str, episodes: int, epsilon: float, seed: int) -> None:
+    from ovmse.config import EnvConfig, validate_env
+
+    validate_env(EnvConfig(map=map_name))
+    if episodes <= 0:
+        raise UserError(f"episodes must be > 0, got {episodes}")
+    if not 0.0 <= epsilon <= 1.0:
+        raise UserError(f"epsilon must be in [0, 1], got {epsilon}")
+    if seed < 0:
+        raise UserError(f"seed must be >= 0, got {seed}")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Print a dataset's card: episodes, transitions, returns, win rate, how it was made."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset folder."""
+
+
+def run_dataset_info(cmd: DatasetInfo) -> int:
+    from ovmse.datasets.card import dataset_card
+    from ovmse.datasets.store import read_metadata
+
+    print(dataset_card(read_metadata(cmd.path), str(cmd.path)))
+    return 0
+
+
+@dataclass(frozen=True)
+class DatasetVerify:
+    """Check a dataset's files (sizes, SHA-256), arrays (checksums, shapes) and episodes."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset folder."""
+
+
+def run_dataset_verify(cmd: DatasetVerify) -> int:
+    from ovmse.datasets.store import verify_dataset
+
+    meta = verify_dataset(cmd.path)
+    print(f"{cmd.path}: OK ({len(meta['manifest'])} files, {meta['episodes']} episodes, "
+          f"{meta['transitions']} transitions)")
+    return 0
+
+
+@dataclass(frozen=True)
+class DatasetMix:
+    """Concatenate datasets of the same map into one (quality "mixed")."""
+
+    sources: tyro.conf.Positional[tuple[Path, ...]]
+    """Dataset folders, in the order their episodes are kept."""
+    out: Path = Path("datasets/mixed")
+    """Dataset folder to write."""
+    overwrite: bool = False
+    """Replace an existing dataset at --out."""
+
+
+def run_dataset_mix(cmd: DatasetMix) -> int:
+    from ovmse.datasets.mix import mix_datasets
+
+    meta = mix_datasets(list(cmd.sources), cmd.out, overwrite=cmd.overwrite)
+    print(f"{cmd.out}: {meta['episodes']} episodes from {len(cmd.sources)} datasets, mean return "
+          f"{meta['mean_return']:.2f}, win rate {meta['win_rate']:.3f}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Make, inspect, verify and mix offline datasets (`ovmse dataset --help`)."""
+
+
+Handler = Callable[[object], int]
+GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
+    "": {"train": (Train, run_train), "dataset": (Dataset, lambda cmd: 0)},
+    "dataset": {"build": (DatasetBuild, run_dataset_build),
+                "collect": (DatasetCollect, run_dataset_collect),
+                "info": (DatasetInfo, run_dataset_info),
+                "verify": (DatasetVerify, run_dataset_verify),
+                "mix": (DatasetMix, run_dataset_mix)},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parsers = {name: cls for name, (cls, _) in COMMANDS.items()}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    group = argv.pop(0) if argv and argv[0] in GROUPS and argv[0] else ""
+    commands = GROUPS[group]
     cmd = tyro.extras.subcommand_cli_from_dict(
-        parsers, args=argv, prog="ovmse",
+        {name: cls for name, (cls, _) in commands.items()}, args=argv,
+        prog=f"ovmse {group}".strip(),
         description="Offline-to-online MARL (OVMSE) on SMAX.",
         config=(tyro.conf.OmitArgPrefixes,))
-    handler = next(run for cls, run in COMMANDS.values() if isinstance(cmd, cls))
+    handler = next(run for cls, run in commands.values() if type(cmd) is cls)
     try:
         return handler(cmd)
     except UserError as e:
         print(f"ovmse: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ovmse: interrupted; the last checkpoint is kept (resume with --resume RUN_DIR)",
-              file=sys.stderr)
+        print("ovmse: interrupted; finished files are kept, unfinished ones were not written "
+              "(a training run resumes with --resume RUN_DIR)", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -8,7 +8,6 @@ function of its config and seed. `validate_*` raise UserError naming the bad val
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -177,7 +176,3 @@ def from_dict(cls: type, data: dict) -> Any:
         kwargs[name] = (from_dict(type(default), value)
                         if dataclasses.is_dataclass(default) else value)
     return cls(**kwargs)
-
-
-def config_json(cfg: Any) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

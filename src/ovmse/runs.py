@@ -4,6 +4,7 @@ Layout of a run folder:
   config.json       the resolved config (the run is a function of it)
   metrics.jsonl     one JSON object per log point and seed
   checkpoint.npz    the latest resumable state of every seed (see save_checkpoint)
+  policies/         the networks of every seed at each test point (snapshots.py)
   summary.json      final results, written once the run has finished
   learning_curve.png
 Every file is written to a temporary name beside it and renamed into place, so a killed run leaves

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ovmse.config import TrainConfig, config_json, from_dict, to_dict, validate_train
+from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError
 from ovmse.plots import plot_learning_curve
 from ovmse.runs import (load_checkpoint, new_run_dir, read_checkpoint_meta, read_json,
                         read_jsonl, save_checkpoint, write_json, write_jsonl)
+from ovmse.snapshots import save_policy_snapshot
 from ovmse.train.online import ChunkStats, OnlineTrainer, TestStats
 
 FINAL_TEST_INDEX = 1 << 30  # test-key index of the final test, apart from periodic tests'
@@ -58,6 +59,14 @@ def _records(chunk: int, states, stats: ChunkStats | None, test: TestStats, trai
     return records
 
 
+def _save_snapshot(run_dir: Path, chunk: int, states, records: list[dict],
+                   cfg: TrainConfig) -> None:
+    """The online networks of every seed at this test point (snapshots.py)."""
+    save_policy_snapshot(run_dir, chunk, states.learner.params, dict(
+        config=to_dict(cfg), t_env=[r["t_env"] for r in records],
+        test_win_rate=[r["test_win_rate"] for r in records]))
+
+
 def _checkpoint_meta(cfg: TrainConfig, chunk: int, wall_s: float) -> dict:
     return dict(kind="online-train-state", config=to_dict(cfg), chunk=chunk, wall_s=wall_s)
 
@@ -90,8 +99,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
         start_chunk, wall_offset = 0, 0.0
         records = _records(0, states, None, test, trainer, 0.0)
+        _save_snapshot(run_dir, 0, states, records, cfg)
     write_jsonl(run_dir / "metrics.jsonl", records)
 
+    if stop_after_chunks is not None and start_chunk >= stop_after_chunks:
+        save_checkpoint(ckpt_path, states, _checkpoint_meta(cfg, start_chunk, wall_offset))
+        return None
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=int(np.min(jax.device_get(states.t_env))),
                unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True,
@@ -105,6 +118,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         new = _records(chunk, states, stats, test, trainer, wall_s)
         records += new
         write_jsonl(run_dir / "metrics.jsonl", records)
+        _save_snapshot(run_dir, chunk, states, new, cfg)
         pausing = chunk == stop_after_chunks
         if until - last_saved_step >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
             save_checkpoint(ckpt_path, states, _checkpoint_meta(cfg, chunk, wall_s))
@@ -172,5 +186,3 @@ def format_table(records: list[dict], summary: dict, rows: int = 8) -> str:
                  + ", ".join(f"{w:.3f}" for w in final["win_rate"]))
     return "\n".join(lines)
 
-
-__all__ = ["train", "format_table", "chunk_ends", "config_json"]

@@ -1,0 +1,42 @@
+"""The dataset card printed by `ovmse dataset info`: what is in a dataset and how it was made."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HISTOGRAM_BINS = 10
+BAR_WIDTH = 40
+
+
+def return_histogram(returns: np.ndarray, low: float = 0.0, high: float = 20.0) -> list[str]:
+    """Text histogram of episode returns over [low, high] (SMAC scale), one line per bin."""
+    high = max(high, float(np.max(returns, initial=high)))
+    counts, edges = np.histogram(returns, bins=HISTOGRAM_BINS, range=(low, high))
+    peak = max(int(counts.max()), 1)
+    return [f"  [{edges[i]:5.1f}, {edges[i + 1]:5.1f}{']' if i == len(counts) - 1 else ')'} "
+            f"{'#' * round(BAR_WIDTH * c / peak):<{BAR_WIDTH}} {c}"
+            for i, c in enumerate(counts)]
+
+
+def dataset_card(meta: dict, path: str = "") -> str:
+    returns = np.asarray(meta["episode_returns"], float)
+    lengths = np.asarray(meta["episode_lengths"], int)
+    won = np.asarray(meta["episode_won"], bool)
+    spec = meta["spec"]
+    prov = meta.get("provenance", {})
+    lines = [
+        f"dataset {path}".rstrip(),
+        f"  map {meta['map']} ({spec['num_agents']} agents, obs {spec['obs_dim']}, state "
+        f"{spec['state_dim']}, actions {spec['num_actions']}, limit {spec['episode_limit']}), "
+        f"quality {meta['quality']}, jaxmarl {meta['jaxmarl_version']}",
+        f"  episodes {meta['episodes']}, transitions {meta['transitions']}",
+        f"  return    mean {returns.mean():.2f}  std {returns.std():.2f}  min {returns.min():.2f}"
+        f"  max {returns.max():.2f}   (SMAC scale, 0-20)",
+        f"  win rate  {won.mean():.3f}",
+        f"  length    mean {lengths.mean():.1f}  min {lengths.min()}  max {lengths.max()}",
+        "  made by   " + ", ".join(f"{k}={v}" for k, v in sorted(prov.items())
+                                   if not isinstance(v, (dict, list))),
+        "  return histogram:",
+        *return_histogram(returns),
+    ]
+    return "\n".join(lines)

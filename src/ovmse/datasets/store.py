@@ -1,0 +1,280 @@
+"""Datasets on disk: one folder per dataset, written atomically, verified by checksums.
+
+Layout of a dataset folder:
+  dataset.json            metadata: format version, map and sizes, quality, how it was made
+                          (generating checkpoint and its win rate, behaviour epsilon, seed,
+                          jaxmarl version), counts, per-episode return/length/win, a SHA-256 of
+                          every stored array, and a manifest (size and SHA-256 of every file)
+  vault/<quality>/...     a flashbax Vault (the format OG-MARL uses) holding the rows of
+                          datasets/layout.py under OG-MARL's field names
+  generator.npz           for policy datasets: the policy snapshot that played them
+The folder is written under a temporary name beside its destination and renamed into place once
+complete, so an interrupted write leaves no dataset (or the earlier one) at the destination.
+`verify` checks the manifest first, so a flipped byte or a truncated file is reported by name
+before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovmse.buffers.episode import EpisodeBatch
+from ovmse.datasets.layout import ROW_FIELDS, episode_bounds, episodes_to_rows, rows_to_episodes
+from ovmse.envs import EnvSpec
+from ovmse.errors import UserError
+
+FORMAT = "ovmse-dataset"
+FORMAT_VERSION = 1
+METADATA_FILE = "dataset.json"
+VAULT_DIR = "vault"
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def array_checksum(x: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and C-order bytes."""
+    x = np.ascontiguousarray(x)
+    return _sha256_bytes(f"{x.dtype.str}{x.shape}".encode() + x.tobytes())
+
+
+def _vault_tree(rows: dict[str, np.ndarray]) -> dict:
+    """Rows keyed 'a.b' -> the nested experience dict a Vault stores, with its [1, R] axes."""
+    tree: dict = {}
+    for name, value in rows.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value[None]
+    return tree
+
+
+def _flat_rows(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat_rows(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = np.asarray(value)[0]
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """flashbax's Vault prints where it writes; keep the CLI's output to our own lines."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _write_vault(folder: Path, uid: str, rows: dict[str, np.ndarray]) -> None:
+    import jax.numpy as jnp
+    from flashbax.buffers.trajectory_buffer import TrajectoryBufferState
+    from flashbax.vault import Vault
+
+    experience = _vault_tree(rows)
+    num_rows = len(rows["infos.filled"])
+    state = TrajectoryBufferState(experience=experience, current_index=jnp.int32(num_rows),
+                                  is_full=jnp.bool_(False))
+    with _quiet():
+        vault = Vault(VAULT_DIR, experience_structure=experience, rel_dir=str(folder),
+                      vault_uid=uid)
+        written = vault.write(state, source_interval=(0, num_rows), dest_start=0)
+    if written != num_rows:
+        raise RuntimeError(f"the vault stored {written} of {num_rows} rows")
+
+
+def _read_vault(folder: Path, uid: str) -> dict[str, np.ndarray]:
+    import jax
+    from flashbax.vault import Vault
+
+    with _quiet(), jax.default_device(jax.devices("cpu")[0]):
+        vault = Vault(VAULT_DIR, rel_dir=str(folder), vault_uid=uid)
+        experience = vault.read().experience
+    return _flat_rows(experience)
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    return {str(p.relative_to(folder)): dict(bytes=p.stat().st_size, sha256=_sha256_file(p))
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != METADATA_FILE}
+
+
+def jaxmarl_version() -> str:
+    return package_metadata.version("jaxmarl")
+
+
+def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: str,
+                  provenance: dict[str, Any], overwrite: bool = False,
+                  extra_files: dict[str, Path] | None = None) -> dict:
+    """Store `episodes` (time-major, padded to spec.episode_limit) as a dataset folder.
+
+    provenance: how the data was made (generator, behaviour_epsilon, seed, ...), kept verbatim.
+    extra_files: {name in the folder: file to copy there} (e.g. the generating snapshot), covered
+    by the manifest like the rest. Returns the metadata written. Refuses an existing
+    destination unless `overwrite`.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; choose another path or pass --overwrite")
+    rows = episodes_to_rows(episodes)
+    batch = rows_to_episodes(rows, spec.episode_limit)  # what a reader gets back
+    returns = batch.episode_returns()
+    meta = dict(
+        format=FORMAT, format_version=FORMAT_VERSION, map=spec.map_name, quality=quality,
+        spec=spec._asdict(), jaxmarl_version=jaxmarl_version(), provenance=provenance,
+        episodes=int(batch.filled.shape[1]), transitions=int(batch.filled.sum()),
+        rows=int(len(rows["infos.filled"])),
+        episode_returns=[round(float(r), 6) for r in returns],
+        episode_lengths=[int(n) for n in batch.episode_lengths()],
+        episode_won=[bool(w) for w in batch.episode_won()],
+        win_rate=float(np.mean(batch.episode_won())), mean_return=float(np.mean(returns)),
+        array_sha256={name: array_checksum(rows[name]) for name in ROW_FIELDS},
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        _write_vault(staging, quality, rows)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
+        meta["manifest"] = _manifest(staging)
+        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        if path.exists():
+            retired = path.with_name(f".{path.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            os.replace(path, retired)
+            os.replace(staging, path)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return meta
+
+
+def read_metadata(path: Path) -> dict:
+    path = Path(path)
+    meta_path = path / METADATA_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{path} is not a dataset: {METADATA_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{meta_path} is damaged ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not an ovmse dataset ({METADATA_FILE} has no format "
+                        f"{FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path} has dataset format version {meta.get('format_version')}; this "
+                        f"ovmse reads version {FORMAT_VERSION}")
+    return meta
+
+
+def check_files(path: Path, meta: dict) -> None:
+    """Compare every stored file with the manifest; UserError naming the first that differs."""
+    path = Path(path)
+    listed = meta["manifest"]
+    present = _manifest_names(path)
+    for name in sorted(set(listed) - present):
+        raise UserError(f"dataset file {path / name} is missing")
+    for name in sorted(present - set(listed)):
+        raise UserError(f"dataset file {path / name} is not in the manifest of {path}")
+    for name, want in listed.items():
+        file = path / name
+        size = file.stat().st_size
+        if size != want["bytes"]:
+            raise UserError(f"dataset file {file} has {size} bytes, expected {want['bytes']} "
+                            f"(truncated or replaced); rebuild the dataset")
+        if _sha256_file(file) != want["sha256"]:
+            raise UserError(f"dataset file {file} fails its SHA-256 check (damaged); rebuild "
+                            f"the dataset")
+
+
+def _manifest_names(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")
+            if p.is_file() and p.name != METADATA_FILE}
+
+
+def read_rows(path: Path, meta: dict) -> dict[str, np.ndarray]:
+    """Decode the stored rows and check each array's checksum."""
+    path = Path(path)
+    try:
+        rows = _read_vault(path, meta["quality"])
+    except (ValueError, OSError, KeyError) as e:
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"dataset {path} cannot be decoded: {first_line}") from None
+    for name in ROW_FIELDS:
+        if name not in rows:
+            raise UserError(f"dataset {path} has no array {name!r}")
+        if array_checksum(rows[name]) != meta["array_sha256"][name]:
+            raise UserError(f"array {name} of dataset {path} fails its checksum (damaged); "
+                            f"rebuild the dataset")
+    return rows
+
+
+def verify_dataset(path: Path) -> dict:
+    """Check files, arrays and the episode bookkeeping of a dataset; returns its metadata.
+    Raises UserError with the first problem found."""
+    meta = read_metadata(path)
+    check_files(path, meta)
+    rows = read_rows(path, meta)
+    spec = EnvSpec(**meta["spec"])
+    expected = {"observations": (spec.num_agents, spec.obs_dim), "actions": (spec.num_agents,),
+                "infos.legals": (spec.num_agents, spec.num_actions),
+                "infos.state": (spec.state_dim,)}
+    for name, shape in expected.items():
+        if rows[name].shape[1:] != shape:
+            raise UserError(f"array {name} of dataset {path} has shape {rows[name].shape}, "
+                            f"expected rows x {shape} for {spec.map_name}")
+    starts, lengths = episode_bounds(rows["infos.filled"])
+    if lengths.tolist() != meta["episode_lengths"]:
+        raise UserError(f"dataset {path}: episode boundaries disagree with {METADATA_FILE}")
+    batch = rows_to_episodes(rows, spec.episode_limit)
+    if not np.allclose(batch.episode_returns(), meta["episode_returns"], atol=1e-4):
+        raise UserError(f"dataset {path}: episode returns disagree with {METADATA_FILE}")
+    return meta
+
+
+def load_dataset(path: Path, spec: EnvSpec | None = None) -> tuple[EpisodeBatch, dict]:
+    """Read a dataset as a padded, time-major numpy EpisodeBatch after checking it.
+
+    `spec`, when given, must match the dataset's map and sizes (else a UserError says which).
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    if spec is not None:
+        check_compatible(meta, spec, path)
+    check_files(path, meta)
+    rows = read_rows(path, meta)
+    return rows_to_episodes(rows, meta["spec"]["episode_limit"]), meta
+
+
+def check_compatible(meta: dict, spec: EnvSpec, path: Path) -> None:
+    stored = EnvSpec(**meta["spec"])
+    if stored.map_name != spec.map_name:
+        raise UserError(f"dataset {path} is from map {stored.map_name}, not {spec.map_name}")
+    for field in ("num_agents", "obs_dim", "state_dim", "num_actions", "episode_limit"):
+        if getattr(stored, field) != getattr(spec, field):
+            raise UserError(f"dataset {path} has {field} {getattr(stored, field)}, this "
+                            f"environment has {getattr(spec, field)}; it was made with another "
+                            f"SMAX version or settings")
