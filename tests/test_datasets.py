@@ -272,3 +272,14 @@ def test_collect_refuses_a_run_of_another_map(toy_build, tmp_path, capsys):
     assert main(["dataset", "collect", "--map", "2s3z", "--quality", "expert", "--run",
                  str(out / "source-run"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "trained on map 3m, not 2s3z" in capsys.readouterr().err
+
+
+def test_a_missing_or_foreign_file_is_named(dataset, capsys):
+    victim = _largest_data_file(dataset)
+    victim.unlink()
+    assert main(["dataset", "verify", str(dataset)]) == 2
+    assert f"{victim} is missing" in capsys.readouterr().err
+    (dataset / "stray.bin").write_bytes(b"x")
+    victim.write_bytes(b"")
+    assert main(["dataset", "verify", str(dataset)]) == 2
+    assert "stray.bin is not in the manifest" in capsys.readouterr().err

@@ -194,11 +194,13 @@ def check_files(path: Path, meta: dict) -> None:
     """Compare every stored file with the manifest; UserError naming the first that differs."""
     path = Path(path)
     listed = meta["manifest"]
-    present = _manifest_names(path)
-    for name in sorted(set(listed) - present):
-        raise UserError(f"dataset file {path / name} is missing")
-    for name in sorted(present - set(listed)):
-        raise UserError(f"dataset file {path / name} is not in the manifest of {path}")
+    present = {str(p.relative_to(path)) for p in path.rglob("*")
+               if p.is_file() and p.name != METADATA_FILE}
+    missing, unexpected = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing:
+        raise UserError(f"dataset file {path / missing[0]} is missing; rebuild the dataset")
+    if unexpected:
+        raise UserError(f"dataset file {path / unexpected[0]} is not in the manifest of {path}")
     for name, want in listed.items():
         file = path / name
         size = file.stat().st_size
@@ -208,11 +210,6 @@ def check_files(path: Path, meta: dict) -> None:
         if _sha256_file(file) != want["sha256"]:
             raise UserError(f"dataset file {file} fails its SHA-256 check (damaged); rebuild "
                             f"the dataset")
-
-
-def _manifest_names(path: Path) -> set[str]:
-    return {str(p.relative_to(path)) for p in path.rglob("*")
-            if p.is_file() and p.name != METADATA_FILE}
 
 
 def read_rows(path: Path, meta: dict) -> dict[str, np.ndarray]:

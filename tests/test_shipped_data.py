@@ -1,0 +1,43 @@
+"""The datasets committed in datasets/ are intact, load for their map, and their qualities are
+ordered as the recipe intends (random < medium < expert in win rate and return)."""
+
+from pathlib import Path
+
+import pytest
+
+from ovmse.config import NetworkConfig
+from ovmse.datasets.loader import load_into_buffer
+from ovmse.datasets.store import read_metadata, verify_dataset
+from ovmse.envs import make_env
+from ovmse.learner import make_networks
+from ovmse.snapshots import load_policy_snapshot
+
+SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "3m"
+QUALITIES = ("random", "medium", "expert")
+
+
+@pytest.mark.parametrize("quality", QUALITIES)
+def test_shipped_dataset_verifies_and_loads(quality):
+    meta = verify_dataset(SHIPPED / quality)
+    assert meta["quality"] == quality and meta["map"] == "3m" and meta["episodes"] >= 200
+    buffer, _ = load_into_buffer(SHIPPED / quality, make_env("3m").spec)
+    assert int(buffer.size) == meta["episodes"]
+
+
+def test_shipped_qualities_are_ordered():
+    metas = {q: read_metadata(SHIPPED / q) for q in QUALITIES}
+    win = [metas[q]["win_rate"] for q in QUALITIES]
+    ret = [metas[q]["mean_return"] for q in QUALITIES]
+    assert win[0] < win[1] < win[2], win
+    assert ret[0] < ret[1] < ret[2], ret
+    # medium was picked at about half the expert's greedy win rate
+    prov = {q: metas[q]["provenance"] for q in ("medium", "expert")}
+    ratio = prov["medium"]["generator_greedy_win_rate"] / prov["expert"]["generator_greedy_win_rate"]
+    assert 0.35 < ratio < 0.65
+
+
+@pytest.mark.parametrize("quality", ("medium", "expert"))
+def test_the_policy_that_made_a_shipped_dataset_is_shipped_with_it(quality):
+    nets = make_networks(make_env("3m").spec, NetworkConfig())
+    params = load_policy_snapshot(SHIPPED / quality / "generator.npz", nets)
+    assert set(params) == {"agent", "mixer"}
