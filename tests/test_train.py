@@ -1,6 +1,7 @@
 """The training program end to end at toy size: determinism, resume, run folder, CLI, bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +104,7 @@ def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for f in src.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(src, dst)
     return dst
 
 

@@ -153,6 +153,7 @@ def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: st
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would make the finished dataset private
         _write_vault(staging, quality, rows)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
