@@ -283,3 +283,10 @@ def test_a_missing_or_foreign_file_is_named(dataset, capsys):
     victim.write_bytes(b"")
     assert main(["dataset", "verify", str(dataset)]) == 2
     assert "stray.bin is not in the manifest" in capsys.readouterr().err
+
+
+def test_a_dataset_gets_the_permissions_of_a_plain_folder(dataset):
+    from ovmse.runs import current_umask
+
+    assert dataset.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    assert (dataset / "dataset.json").stat().st_mode & 0o777 == 0o666 & ~current_umask()

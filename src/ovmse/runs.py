@@ -29,10 +29,19 @@ CHECKPOINT_FORMAT = "ovmse-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
+    """Write `path` through a temporary file in its folder, renamed into place once complete,
+    with the permissions a plain `open` would give (mkstemp's are owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

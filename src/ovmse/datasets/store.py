@@ -33,6 +33,7 @@ from ovmse.buffers.episode import EpisodeBatch
 from ovmse.datasets.layout import ROW_FIELDS, episode_bounds, episodes_to_rows, rows_to_episodes
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
+from ovmse.runs import current_umask
 
 FORMAT = "ovmse-dataset"
 FORMAT_VERSION = 1
@@ -153,7 +154,7 @@ def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: st
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would make the finished dataset private
+        os.chmod(staging, 0o777 & ~current_umask())  # not mkdtemp's owner-only 0700
         _write_vault(staging, quality, rows)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
