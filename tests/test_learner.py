@@ -7,7 +7,7 @@ from ovmse.buffers.episode import empty_batch
 from ovmse.config import LearnerConfig, NetworkConfig
 from ovmse.envs import EnvSpec
 from ovmse.learner import (agent_q_values, init_learner, learner_update, make_networks,
-                           qmix_td_loss, take, update_target)
+                           qmix_loss, take, update_target)
 
 SPEC = EnvSpec("toy", num_agents=2, obs_dim=3, state_dim=4, num_actions=3, episode_limit=5)
 NETS = make_networks(SPEC, NetworkConfig(agent_hidden_dim=8, mixer_embed_dim=4,
@@ -30,7 +30,7 @@ def test_td_loss_is_the_mean_squared_error_against_hand_built_targets():
     cfg = LearnerConfig(td_lambda=0.0, gamma=0.9)
     state = init_learner(jax.random.PRNGKey(0), NETS, cfg)
     batch = _batch(jax.random.PRNGKey(1))
-    loss, metrics = qmix_td_loss(state.params, state.target_params, NETS, batch, cfg)
+    loss, metrics = qmix_loss(state.params, state.target_params, NETS, batch, cfg)
     # rebuild the one-step double-Q target by hand, transition by transition
     q = np.asarray(agent_q_values(NETS, state.params["agent"], batch))
     errors = []
@@ -57,8 +57,8 @@ def test_padding_does_not_change_the_loss():
     batch = _batch(jax.random.PRNGKey(2))
     noisy = batch._replace(rewards=jnp.where(batch.filled, batch.rewards, 1e6),
                            actions=jnp.where(batch.filled[..., None], batch.actions, 2))
-    a = qmix_td_loss(state.params, state.target_params, NETS, batch, cfg)[0]
-    b = qmix_td_loss(state.params, state.target_params, NETS, noisy, cfg)[0]
+    a = qmix_loss(state.params, state.target_params, NETS, batch, cfg)[0]
+    b = qmix_loss(state.params, state.target_params, NETS, noisy, cfg)[0]
     assert float(a) == pytest.approx(float(b))
 
 
@@ -100,7 +100,7 @@ def test_unrolling_only_the_longest_episode_gives_the_same_loss_and_gradient():
                            terminated=batch.terminated & (jnp.arange(5)[:, None] < 3))
     cut = short.first_steps(3)
     assert cut.obs.shape[0] == 4 and cut.actions.shape[0] == 3
-    grad_fn = jax.grad(qmix_td_loss, has_aux=True)
+    grad_fn = jax.grad(qmix_loss, has_aux=True)
     g_full, m_full = grad_fn(state.params, state.target_params, NETS, short, cfg)
     g_cut, m_cut = grad_fn(state.params, state.target_params, NETS, cut, cfg)
     assert float(m_cut.loss) == pytest.approx(float(m_full.loss), rel=1e-5)

@@ -2,6 +2,7 @@
 docstrings are the --help text. Mistakes the user can fix print one line and exit with code 2.
 
     ovmse train ...                  online QMIX (train/)
+    ovmse pretrain ...               offline MACQL / MACal-QL on a dataset (train/pretrain.py)
     ovmse dataset build|collect|info|verify|mix ...   offline datasets (datasets/)
 """
 
@@ -15,7 +16,7 @@ from typing import Annotated, Callable, Literal
 
 import tyro
 
-from ovmse.config import TrainConfig
+from ovmse.config import PretrainConfig, TrainConfig
 from ovmse.errors import UserError
 
 Quality = Literal["random", "medium", "medium-replay", "expert"]
@@ -50,6 +51,43 @@ def run_train(cmd: Train) -> int:
         run_dir, resume = cmd.out or Path("runs") / f"{cmd.config.env.map}-qmix-{stamp}", False
     summary = train(cmd.config, run_dir, resume=resume, progress=cmd.progress)
     print(format_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """Pre-train offline on a dataset with MACQL or MACal-QL (several seeds at once), testing
+    the greedy policy in the environment as it goes, or resume an interrupted run."""
+
+    config: Annotated[PretrainConfig, tyro.conf.arg(name="")] = field(
+        default_factory=PretrainConfig)
+    out: Path | None = None
+    """Run folder to create (default: runs/<map>-<algo>-<date-time>). An existing non-empty
+    folder is never overwritten."""
+    resume: Path | None = None
+    """Continue the run in this folder from its last checkpoint, with its own config.json
+    (give no other options)."""
+    progress: bool = True
+    """Show a progress bar with the live test win rate."""
+
+
+def run_pretrain(cmd: Pretrain) -> int:
+    from ovmse.runs import read_jsonl
+    from ovmse.train.pretrain import format_pretrain_table, pretrain
+
+    if cmd.resume is not None:
+        if cmd.config != PretrainConfig() or cmd.out is not None:
+            raise UserError("--resume continues a run with the config saved in its folder; "
+                            "give no other options and no --out")
+        run_dir, resume = cmd.resume, True
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = Path(cmd.config.dataset).parent.name or "data"
+        run_dir = cmd.out or Path("runs") / f"{name}-{cmd.config.algo}-{stamp}"
+        resume = False
+    summary = pretrain(cmd.config, run_dir, resume=resume, progress=cmd.progress)
+    print(format_pretrain_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
 
@@ -214,7 +252,8 @@ class Dataset:
 
 Handler = Callable[[object], int]
 GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
-    "": {"train": (Train, run_train), "dataset": (Dataset, lambda cmd: 0)},
+    "": {"train": (Train, run_train), "pretrain": (Pretrain, run_pretrain),
+         "dataset": (Dataset, lambda cmd: 0)},
     "dataset": {"build": (DatasetBuild, run_dataset_build),
                 "collect": (DatasetCollect, run_dataset_collect),
                 "info": (DatasetInfo, run_dataset_info),

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from ovmse.errors import UserError
 
 ExplorationName = Literal["epsilon_greedy", "sequential"]
+CqlEstimator = Literal["joint", "counterfactual"]
+PretrainAlgo = Literal["macql", "macal-ql"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,23 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class CqlConfig:
+    """The conservative regulariser of eq. 9-10 (cql.py), added to the TD loss when alpha > 0."""
+
+    alpha: float = 0.0
+    """Weight of the regulariser in eq. 10; 0 turns it off (plain QMIX). `ovmse pretrain`'s
+    default is 5 (CFCQL's MACQL command on 2s3z)."""
+    estimator: CqlEstimator = "joint"
+    """joint: log-mean-exp of Q_tot over joint actions sampled uniformly among available ones,
+    the paper's eq. 9 with uniform mu (CFCQL's MACQL); counterfactual: each agent varies its own
+    action with the others at the data's (CFCQL)."""
+    num_samples: int = 100
+    """Joint actions sampled per step by the joint estimator (CFCQL's MACQL: 100)."""
+    calibrated: bool = False
+    """Cal-QL: push Q_tot down only to the data's discounted return-to-go, never below it."""
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     lr: float = 1e-3
     """Adam learning rate (PyMARL2: 1e-3)."""
@@ -58,6 +77,8 @@ class LearnerConfig:
     """Episodes between hard copies of the online network into the target (PyMARL2: 200)."""
     updates_per_iteration: int = 1
     """Gradient steps after each round of num_envs new episodes (PyMARL2: 1 per 8 episodes)."""
+    cql: CqlConfig = field(default_factory=CqlConfig)
+    """The conservative regulariser (off unless cql.alpha > 0)."""
     length_buckets: int = 6
     """Number of compiled unroll lengths of the update, ceil(episode_limit * (2/3)^k). A batch is
     unrolled only to the shortest one that holds its longest episode (exact: the rest is
@@ -103,6 +124,52 @@ class TrainConfig:
     """Env steps between resumable checkpoints (the last one is always written)."""
 
 
+def _offline_learner() -> LearnerConfig:
+    return LearnerConfig(cql=CqlConfig(alpha=5.0))
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Offline pre-training on a dataset: QMIX TD loss + alpha * CQL (eq. 10), MACQL or MACal-QL.
+    The map and sizes come from the dataset."""
+
+    dataset: str = "datasets/3m/medium"
+    """Dataset folder (ovmse dataset ...); its map is the map trained and tested on."""
+    algo: PretrainAlgo = "macql"
+    """macql: the regulariser of eq. 9; macal-ql: the same, calibrated as in Cal-QL (sets
+    learner.cql.calibrated)."""
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    learner: LearnerConfig = field(default_factory=_offline_learner)
+    """Loss and optimiser; buffer_size, target_update_interval and updates_per_iteration are
+    online settings, unused here. cql.alpha defaults to 5 (CFCQL's MACQL command)."""
+    steps: int = 10_000
+    """Gradient steps."""
+    target_update_every: int = 25
+    """Gradient steps between hard copies into the target network (25: PyMARL2's spacing
+    online, 200 episodes at one update per 8 episodes)."""
+    seed: int = 0
+    """First seed; seeds seed, seed+1, ... run together in one vectorised program."""
+    num_seeds: int = 1
+    """Independent seeds trained side by side (vmapped)."""
+    test_interval: int = 500
+    """Gradient steps between greedy tests in the environment."""
+    test_episodes: int = 32
+    """Greedy episodes per test (PyMARL2: 32)."""
+    final_test_episodes: int = 640
+    """Greedy episodes of the final test per seed (the paper's Table 1: 640)."""
+    checkpoint_interval: int = 2_000
+    """Gradient steps between resumable checkpoints (the last one is always written)."""
+    reward_scale: float = 10.0
+    """Reward factor of the test environment: the datasets' rewards are on SMAC's scale."""
+
+    def resolved(self) -> "PretrainConfig":
+        """The config as trained: learner.cql.calibrated follows algo."""
+        _check(not self.learner.cql.calibrated or self.algo == "macal-ql",
+               "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
+        cql = dataclasses.replace(self.learner.cql, calibrated=self.algo == "macal-ql")
+        return dataclasses.replace(self, learner=dataclasses.replace(self.learner, cql=cql))
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
@@ -139,6 +206,14 @@ def validate_learner(cfg: LearnerConfig) -> None:
         _positive(name, getattr(cfg, name))
     _check(cfg.batch_size <= cfg.buffer_size,
            f"batch_size ({cfg.batch_size}) must not exceed buffer_size ({cfg.buffer_size})")
+    validate_cql(cfg.cql)
+
+
+def validate_cql(cfg: CqlConfig) -> None:
+    _check(cfg.alpha >= 0 and math.isfinite(cfg.alpha), f"cql alpha must be >= 0, got {cfg.alpha}")
+    _check(cfg.estimator in ("joint", "counterfactual"),
+           f"cql estimator must be joint or counterfactual, got {cfg.estimator!r}")
+    _positive("cql num_samples", cfg.num_samples)
 
 
 def validate_exploration(cfg: ExplorationConfig) -> None:
@@ -156,6 +231,18 @@ def validate_train(cfg: TrainConfig) -> None:
     validate_exploration(cfg.explore)
     for name in ("steps", "num_envs", "num_seeds", "test_interval", "test_episodes",
                  "final_test_episodes", "checkpoint_interval"):
+        _positive(name, getattr(cfg, name))
+    _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+
+
+def validate_pretrain(cfg: PretrainConfig) -> None:
+    validate_network(cfg.network)
+    validate_learner(cfg.learner)
+    _check(cfg.algo in ("macql", "macal-ql"), f"algo must be macql or macal-ql, got {cfg.algo!r}")
+    _check(cfg.learner.cql.calibrated == (cfg.algo == "macal-ql"),
+           "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
+    for name in ("steps", "target_update_every", "num_seeds", "test_interval", "test_episodes",
+                 "final_test_episodes", "checkpoint_interval", "reward_scale"):
         _positive(name, getattr(cfg, name))
     _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
 

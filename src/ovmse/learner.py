@@ -1,4 +1,5 @@
-"""The QMIX learner: Q-values over sampled episodes, the TD loss (eq. 8) and one Adam update.
+"""The QMIX learner: Q-values over sampled episodes, the TD loss (eq. 8), optionally plus alpha
+times the conservative regulariser (eq. 9-10, cql.py), and one Adam update.
 
 Shapes: T = episode limit, B episodes, N agents, A actions. Parameters are a dict
 {"agent": ..., "mixer": ...}; the target network is a second copy of that dict.
@@ -16,8 +17,11 @@ from ovmse.buffers.episode import EpisodeBatch
 from ovmse.config import LearnerConfig, NetworkConfig
 from ovmse.envs import EnvSpec
 from ovmse.exploration import greedy_actions
+from ovmse.cql import (counterfactual_push_down, cql_regulariser, joint_push_down,
+                       returns_to_go)
 from ovmse.losses import masked_mse, td_lambda_targets
 from ovmse.networks import QMixer, RNNAgent, agent_inputs
+from ovmse.networks.mixer import MixerWeights, mix_with
 
 
 class QmixNetworks(NamedTuple):
@@ -36,7 +40,9 @@ class LearnerState(NamedTuple):
 
 
 class UpdateMetrics(NamedTuple):
-    loss: jax.Array
+    loss: jax.Array  # the minimised loss: td_loss + alpha * cql
+    td_loss: jax.Array
+    cql: jax.Array  # the regulariser of eq. 9 (0 when off)
     td_error_abs: jax.Array
     q_taken: jax.Array  # mean Q_tot(tau, a) over real transitions
     target: jax.Array
@@ -107,33 +113,63 @@ def td_targets(nets: QmixNetworks, target_params: dict, q_online: jax.Array,
                              cfg.gamma, cfg.td_lambda)
 
 
-def qmix_td_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
-                 cfg: LearnerConfig) -> tuple[jax.Array, UpdateMetrics]:
-    """Eq. 8: mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2, y the TD(lambda) target
-    from the target network (td_lambda = 0 is eq. 8 exactly). Returns (loss, metrics)."""
+def cql_term(q_online: jax.Array, weights: MixerWeights, q_tot: jax.Array,
+             batch: EpisodeBatch, cfg: LearnerConfig, key: jax.Array) -> jax.Array:
+    """Eq. 9 (Cal-QL-calibrated when cfg.cql.calibrated) on a batch: a scalar.
+    q_online [T+1, B, N, A]; weights of the online mixer at s_0..s_{T-1}; q_tot [T, B]."""
+    c = cfg.cql
+    if c.calibrated:
+        reference = returns_to_go(batch.rewards, batch.filled, cfg.gamma)
+    else:
+        reference = jnp.full(q_tot.shape, -jnp.inf)
+    avail = batch.avail[:-1]
+    if c.estimator == "joint":
+        push_down = joint_push_down(key, q_online[:-1], avail, weights, reference,
+                                    c.num_samples)
+    else:
+        push_down = counterfactual_push_down(q_online[:-1], avail, batch.actions, weights,
+                                             reference)
+    return cql_regulariser(push_down, q_tot, batch.filled)
+
+
+def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
+              cfg: LearnerConfig, key: jax.Array | None = None) -> tuple[jax.Array, UpdateMetrics]:
+    """Eq. 10: the TD loss of eq. 8, the mean over real transitions of (Q_tot(tau_t, a_t) -
+    y_t)^2 with y the TD(lambda) target from the target network (td_lambda = 0 is eq. 8
+    exactly), plus cfg.cql.alpha times the regulariser of eq. 9 (`key` draws its samples).
+    Returns (loss, metrics)."""
     q_online = agent_q_values(nets, params["agent"], batch)
     q_target = agent_q_values(nets, target_params["agent"], batch)
-    q_tot = nets.mixer.apply(params["mixer"], take(q_online[:-1], batch.actions),
-                             batch.state[:-1])
+    weights = nets.mixer.apply(params["mixer"], batch.state[:-1], method="hypernet")
+    q_tot = mix_with(weights, take(q_online[:-1], batch.actions))
     target = jax.lax.stop_gradient(td_targets(nets, target_params, q_online, q_target, batch,
                                               cfg))
-    loss = masked_mse(q_tot, target, batch.filled)
+    td_loss = masked_mse(q_tot, target, batch.filled)
+    if cfg.cql.alpha > 0:
+        if key is None and cfg.cql.estimator == "joint":
+            raise ValueError("the joint CQL estimator samples actions: pass a key")
+        cql = cql_term(q_online, weights, q_tot, batch, cfg, key)
+    else:
+        cql = jnp.zeros(())
     count = jnp.maximum(jnp.sum(batch.filled), 1)
 
     def masked_mean(x):
         return jnp.sum(jnp.where(batch.filled, x, 0.0)) / count
 
-    metrics = UpdateMetrics(loss=loss, td_error_abs=masked_mean(jnp.abs(q_tot - target)),
+    loss = td_loss + cfg.cql.alpha * cql
+    metrics = UpdateMetrics(loss=loss, td_loss=td_loss, cql=cql,
+                            td_error_abs=masked_mean(jnp.abs(q_tot - target)),
                             q_taken=masked_mean(q_tot), target=masked_mean(target),
                             grad_norm=jnp.zeros(()))
     return loss, metrics
 
 
 def learner_update(state: LearnerState, batch: EpisodeBatch, nets: QmixNetworks,
-                   cfg: LearnerConfig) -> tuple[LearnerState, UpdateMetrics]:
-    """One gradient step of the TD loss on a batch of episodes."""
-    grads, metrics = jax.grad(qmix_td_loss, has_aux=True)(
-        state.params, state.target_params, nets, batch, cfg)
+                   cfg: LearnerConfig, key: jax.Array | None = None
+                   ) -> tuple[LearnerState, UpdateMetrics]:
+    """One gradient step of `qmix_loss` on a batch of episodes."""
+    grads, metrics = jax.grad(qmix_loss, has_aux=True)(
+        state.params, state.target_params, nets, batch, cfg, key)
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics._replace(grad_norm=optax.tree.norm(grads))

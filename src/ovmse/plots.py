@@ -12,38 +12,47 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def curves_by_seed(records: list[dict], key: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{seed: (t_env [K], values [K])} from metrics records, in step order."""
+def curves_by_seed(records: list[dict], key: str,
+                   x: str = "t_env") -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{seed: (steps [K], values [K])} from metrics records, in step order; steps are the
+    records' `x` (env steps, or gradient steps offline)."""
     by_seed: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for r in records:
         if r.get(key) is not None:
-            by_seed[r["seed"]].append((r["t_env"], r[key]))
+            by_seed[r["seed"]].append((r[x], r[key]))
     return {s: tuple(np.array(v) for v in zip(*sorted(pts))) for s, pts in by_seed.items()}
 
 
-def median_curve(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+def median_curve(records: list[dict], key: str,
+                 x: str = "t_env") -> tuple[np.ndarray, np.ndarray]:
     """Median over seeds at each log point (log points are aligned by their `chunk` index; the
-    step is the median of the seeds' t_env there)."""
+    step is the median of the seeds' `x` there)."""
     by_chunk: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for r in records:
         if r.get(key) is not None:
-            by_chunk[r["chunk"]].append((r["t_env"], r[key]))
+            by_chunk[r["chunk"]].append((r[x], r[key]))
     chunks = sorted(by_chunk)
     steps = np.array([np.median([t for t, _ in by_chunk[c]]) for c in chunks])
     values = np.array([np.median([v for _, v in by_chunk[c]]) for c in chunks])
     return steps, values
 
 
-def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
-    """Test win rate and test return vs env steps: each seed thin, the median over seeds bold."""
+def plot_learning_curve(records: list[dict], path: Path, title: str, x: str = "t_env",
+                        x_label: str = "env steps",
+                        references: dict[str, tuple[float, str]] | None = None) -> None:
+    """Test win rate and test return vs steps (`x`): each seed thin, the median bold;
+    `references` {metric key: (value, label)} draws a dashed horizontal line."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((axes[0], "test_win_rate", "test win rate"),
                            (axes[1], "test_return", "test return (SMAC scale)")):
-        for seed, (steps, values) in sorted(curves_by_seed(records, key).items()):
+        for seed, (steps, values) in sorted(curves_by_seed(records, key, x).items()):
             ax.plot(steps, values, lw=0.8, alpha=0.5, label=f"seed {seed}")
-        steps, values = median_curve(records, key)
+        steps, values = median_curve(records, key, x)
         ax.plot(steps, values, lw=2.2, color="black", label="median")
-        ax.set_xlabel("env steps")
+        if references and key in references:
+            value, label = references[key]
+            ax.axhline(value, ls="--", color="tab:red", lw=1.2, label=label)
+        ax.set_xlabel(x_label)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-0.02, 1.02)

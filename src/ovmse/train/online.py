@@ -16,7 +16,6 @@ The Python driver (train/driver.py) calls one chunk per test interval.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -25,10 +24,12 @@ import jax.numpy as jnp
 from ovmse.buffers.episode import EpisodeBuffer, add_episodes, init_buffer, sample_episodes
 from ovmse.config import TrainConfig
 from ovmse.envs import make_env
+from ovmse.evaluation import TestStats, greedy_test
 from ovmse.exploration import linear_schedule
 from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
                            make_networks, update_target)
 from ovmse.rollout import run_episodes
+from ovmse.train.bucketing import unroll_lengths, update_all_seeds
 
 
 class TrainState(NamedTuple):
@@ -54,14 +55,6 @@ class ChunkStats(NamedTuple):
     update_metrics: UpdateMetrics
 
 
-class TestStats(NamedTuple):
-    """Greedy test results (per seed): win rate, mean return, mean episode length."""
-
-    win_rate: jax.Array
-    mean_return: jax.Array
-    mean_length: jax.Array
-
-
 def _select(condition, new, old):
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
 
@@ -69,7 +62,7 @@ def _select(condition, new, old):
 def _zero_stats() -> ChunkStats:
     zero = jnp.zeros((), jnp.float32)
     return ChunkStats(zero, zero, zero, zero, zero, zero, zero,
-                      UpdateMetrics(zero, zero, zero, zero, zero))
+                      UpdateMetrics(*[zero] * len(UpdateMetrics._fields)))
 
 
 class OnlineTrainer:
@@ -109,7 +102,8 @@ class OnlineTrainer:
     def _collect(self, state: TrainState, until: jax.Array):
         """Play num_envs episodes, store them, and draw the batches of this iteration's updates.
 
-        Returns (state, batches [U, T(+1), B, ...], learning [], stats without update metrics).
+        Returns (state, batches [U, T(+1), B, ...], update keys [U], learning [], stats without
+        update metrics).
         """
         cfg, lcfg = self.cfg, self.cfg.learner
         active = state.t_env < until
@@ -120,6 +114,8 @@ class OnlineTrainer:
         buffer = add_episodes(state.buffer, batch, active)
         batches = jax.vmap(lambda k: sample_episodes(buffer, k, lcfg.batch_size))(
             jax.random.split(key_sample, lcfg.updates_per_iteration))
+        update_keys = jax.random.split(jax.random.fold_in(key_sample, 1),
+                                       lcfg.updates_per_iteration)  # the CQL term's samples
         learning = active & (buffer.size >= lcfg.batch_size)
         new_state = state._replace(
             buffer=buffer, rng=jnp.where(active, rng, state.rng),
@@ -136,41 +132,27 @@ class OnlineTrainer:
             unroll_steps=jnp.zeros((), jnp.float32),
             update_metrics=_zero_stats().update_metrics,
         )
-        return new_state, batches, learning, stats
+        return new_state, batches, update_keys, learning, stats
 
     def unroll_lengths(self) -> tuple[int, ...]:
-        """The compiled unroll lengths, shortest first: ceil(limit * (2/3)^k) for
-        k < learner.length_buckets, so a batch never unrolls more than 1.5x its longest episode
-        (above the shortest length)."""
-        limit = self.spec.episode_limit
-        return tuple(sorted({math.ceil(limit * (2 / 3) ** k)
-                             for k in range(self.cfg.learner.length_buckets)}))
+        return unroll_lengths(self.spec.episode_limit, self.cfg.learner.length_buckets)
 
-    def _learn(self, learners: LearnerState, batches, learning: jax.Array):
+    def _learn(self, learners: LearnerState, batches, keys: jax.Array, learning: jax.Array):
         """The iteration's gradient steps for all seeds. learners: [S, ...]; batches:
-        [S, U, T(+1), B, ...]; learning: [S] (false: the seed's update is discarded).
-
-        Each update unrolls only the shortest compiled length that holds the longest episode of
-        any seed's batch: `lax.switch` sits outside the vmap over seeds, so it really branches.
-        """
+        [S, U, T(+1), B, ...]; keys [S, U]; learning: [S] (false: the seed's update is
+        discarded). Each update unrolls only as far as its batches need (bucketing.py)."""
         lengths = self.unroll_lengths()
 
-        def update_at(length):
-            def update(learner, batch):
-                return learner_update(learner, batch.first_steps(length), self.nets,
-                                      self.cfg.learner)
-            return jax.vmap(update)
+        def update(learner, batch, key):
+            return learner_update(learner, batch, self.nets, self.cfg.learner, key)
 
-        def one_update(learners, batch):
-            longest = jnp.max(jnp.sum(batch.filled, axis=1))
-            branch = jnp.searchsorted(jnp.array(lengths), longest)
-            updated, metrics = jax.lax.switch(branch, [update_at(n) for n in lengths],
-                                              learners, batch)
+        def one_update(learners, batch_and_keys):
+            batch, keys = batch_and_keys
+            updated, metrics, length = update_all_seeds(update, learners, batch, keys, lengths)
             learners = jax.vmap(_select)(learning, updated, learners)
-            unrolled = learning * jnp.array(lengths, jnp.float32)[branch]
-            return learners, (jax.tree.map(lambda m: learning * m, metrics), unrolled)
+            return learners, (jax.tree.map(lambda m: learning * m, metrics), learning * length)
 
-        per_update = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batches)  # [U, S, ...]
+        per_update = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batches, keys))  # [U, S]
         learners, (metrics, unrolled) = jax.lax.scan(one_update, learners, per_update)
         return learners, jax.tree.map(lambda m: m.sum(0), metrics), unrolled.sum(0)
 
@@ -178,9 +160,9 @@ class OnlineTrainer:
         """One iteration of every seed: collect (vmapped), learn, update targets."""
         interval = self.cfg.learner.target_update_interval
         episodes_before = states.episodes
-        states, batches, learning, stats = jax.vmap(self._collect, in_axes=(0, None))(
+        states, batches, keys, learning, stats = jax.vmap(self._collect, in_axes=(0, None))(
             states, until)
-        learners, metrics, unrolled = self._learn(states.learner, batches, learning)
+        learners, metrics, unrolled = self._learn(states.learner, batches, keys, learning)
         crossed = states.episodes // interval > episodes_before // interval
         learners = jax.vmap(update_target)(learners, crossed)
         return (states._replace(learner=learners),
@@ -202,6 +184,5 @@ class OnlineTrainer:
         return jax.lax.while_loop(not_done, body, (states, zeros))
 
     def _evaluate_one(self, state: TrainState, key: jax.Array, num_episodes: int) -> TestStats:
-        _, stats = run_episodes(key, self.nets.agent, state.learner.params["agent"], self.env,
-                                num_episodes, jnp.zeros(()), "greedy", record=False)
-        return TestStats(stats.won.mean(), stats.returns.mean(), stats.lengths.mean())
+        return greedy_test(key, self.nets.agent, state.learner.params["agent"], self.env,
+                           num_episodes)

@@ -1,0 +1,116 @@
+"""Offline pre-training (MACQL / MACal-QL, paper section 4.3) as one jitted program, vectorised
+over seeds.
+
+The dataset sits on the device once, shared by every seed, cut to its longest episode. One
+*update* (per seed): draw `batch_size` distinct episodes uniformly, take a gradient step on
+eq. 10 (TD loss + alpha * CQL), and copy the online network into the target every
+`target_update_every` updates. One *chunk* runs updates until the next test point inside a
+`lax.while_loop`; the Python driver (train/pretrain.py) calls one chunk per test interval.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ovmse.buffers.episode import EpisodeBatch
+from ovmse.config import PretrainConfig
+from ovmse.envs import EnvSpec, make_env
+from ovmse.evaluation import TestStats, greedy_test
+from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
+                           make_networks, update_target)
+from ovmse.train.bucketing import unroll_lengths, update_all_seeds
+
+
+class OfflineState(NamedTuple):
+    """Everything a seed's pre-training needs to continue exactly; leaves are per seed."""
+
+    learner: LearnerState
+    rng: jax.Array
+
+
+class OfflineChunkStats(NamedTuple):
+    """Sums over the updates of a chunk (per seed); divide by `updates` for means."""
+
+    updates: jax.Array
+    unroll_steps: jax.Array
+    update_metrics: UpdateMetrics
+
+
+def trim_to_longest(data: EpisodeBatch) -> EpisodeBatch:
+    """The dataset without the time steps past its longest episode (all padding)."""
+    longest = int(data.filled.sum(0).max())
+    return data.first_steps(max(longest, 1))
+
+
+class OfflineTrainer:
+    """Builds the jitted programs for one config and dataset spec: `init`, `run_chunk`,
+    `evaluate`. `run_chunk(states, data, until)` takes the dataset as an argument (not a
+    compiled-in constant), trimmed by `trim_to_longest`."""
+
+    def __init__(self, cfg: PretrainConfig, spec: EnvSpec, data_length: int):
+        self.cfg = cfg
+        self.env = make_env(spec.map_name, spec.episode_limit, cfg.reward_scale)
+        self.spec = self.env.spec
+        self.nets = make_networks(self.spec, cfg.network)
+        self.lengths = unroll_lengths(data_length, cfg.learner.length_buckets)
+        self.init = jax.jit(jax.vmap(self._init_one))
+        self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
+        self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, 0, None)),
+                                static_argnums=2)
+
+    def seed_keys(self) -> jax.Array:
+        seeds = jnp.arange(self.cfg.seed, self.cfg.seed + self.cfg.num_seeds)
+        return jax.vmap(jax.random.PRNGKey)(seeds)
+
+    def test_keys(self, test_index: int) -> jax.Array:
+        """Keys of the `test_index`-th test, a stream apart from training's."""
+        return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), test_index))(
+            self.seed_keys())
+
+    def _init_one(self, seed_key: jax.Array) -> OfflineState:
+        key_params, key_run = jax.random.split(jax.random.fold_in(seed_key, 0))
+        return OfflineState(init_learner(key_params, self.nets, self.cfg.learner), key_run)
+
+    def _draw(self, state: OfflineState, data: EpisodeBatch):
+        """One seed's batch of distinct episodes and the key of its CQL samples."""
+        rng, key_batch, key_cql = jax.random.split(state.rng, 3)
+        index = jax.random.choice(key_batch, data.num_episodes, (self.cfg.learner.batch_size,),
+                                  replace=False)
+        return rng, jax.tree.map(lambda x: x[:, index], data), key_cql
+
+    def _update(self, states: OfflineState, data: EpisodeBatch):
+        rngs, batches, keys = jax.vmap(self._draw, in_axes=(0, None))(states, data)
+
+        def update(learner, batch, key):
+            return learner_update(learner, batch, self.nets, self.cfg.learner, key)
+
+        learners, metrics, length = update_all_seeds(update, states.learner, batches, keys,
+                                                     self.lengths)
+        copy = learners.updates % self.cfg.target_update_every == 0
+        learners = jax.vmap(update_target)(learners, copy)
+        return OfflineState(learners, rngs), metrics, length
+
+    def _run_chunk(self, states: OfflineState, data: EpisodeBatch,
+                   until: jax.Array) -> tuple[OfflineState, OfflineChunkStats]:
+        """Update every seed until it has taken `until` gradient steps (all seeds move
+        together). states: leaves [S, ...]."""
+        num_seeds = states.rng.shape[0]
+
+        def body(_, carry):
+            states, totals = carry
+            states, metrics, length = self._update(states, data)
+            stats = OfflineChunkStats(jnp.ones((num_seeds,)), jnp.full((num_seeds,), length),
+                                      metrics)
+            return states, jax.tree.map(jnp.add, totals, stats)
+
+        zero = jnp.zeros((num_seeds,))
+        zeros = OfflineChunkStats(zero, zero, UpdateMetrics(*[zero] * len(UpdateMetrics._fields)))
+        start = states.learner.updates[0]
+        return jax.lax.fori_loop(start, until, body, (states, zeros))
+
+    def _evaluate_one(self, state: OfflineState, key: jax.Array, num_episodes: int) -> TestStats:
+        return greedy_test(key, self.nets.agent, state.learner.params["agent"], self.env,
+                           num_episodes)
