@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/ovmse train --map 3m --steps 150000 --num-seeds 1
+	$(VENV)/bin/ovmse run
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

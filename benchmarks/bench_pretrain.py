@@ -93,10 +93,19 @@ def main() -> None:
     parser.add_argument("--test-episodes", type=int, default=64)
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="ovmse-pretrain-"))
-    results = []
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
+                            jax=jax.__version__, device=str(jax.devices()[0]),
+                            date=time.strftime("%Y-%m-%d")),
+               settings=dict(steps=args.steps, seeds=args.seeds, alphas=args.alphas,
+                             algo=args.algo, test_interval=args.test_interval,
+                             test_episodes=args.test_episodes, final_test_episodes=640),
+               runs=[])
+    results = out["runs"]
     for pair in args.data:
         name, path = pair.split("=", 1)
         for alpha in args.alphas:
@@ -107,17 +116,11 @@ def main() -> None:
                   f"{', '.join(f'{w:.3f}' for w in r['final_test']['win_rate'])}); dataset "
                   f"{r['dataset']['win_rate']:.3f}; {r['wall_s']} s, "
                   f"{r['updates_per_s']} seed-updates/s", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
-                            jax=jax.__version__, device=str(jax.devices()[0]),
-                            date=time.strftime("%Y-%m-%d")),
-               settings=dict(steps=args.steps, seeds=args.seeds, alphas=args.alphas,
-                             algo=args.algo, test_interval=args.test_interval,
-                             test_episodes=args.test_episodes, final_test_episodes=640),
-               runs=results)
-    (RESULTS / f"pretrain_{args.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(results, RESULTS / f"pretrain_{args.tag}.png")
-    print(f"wrote {RESULTS / f'pretrain_{args.tag}.json'} and .png")
+            # written after every run, so an interrupted benchmark keeps what it measured
+            stem = args.results_dir / f"pretrain_{args.tag}"
+            stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+            plot(results, stem.with_suffix(".png"))
+    print(f"wrote {args.results_dir / f'pretrain_{args.tag}'}.json and .png")
     print(f"{'dataset':>8} {'alpha':>6} {'final median win':>17} {'dataset win':>12}")
     for r in results:
         print(f"{r['name']:>8} {r['alpha']:>6g} {r['final_test']['median_win_rate']:>17.3f} "

@@ -17,6 +17,8 @@ from ovmse.errors import UserError
 ExplorationName = Literal["epsilon_greedy", "sequential"]
 CqlEstimator = Literal["joint", "counterfactual"]
 PretrainAlgo = Literal["macql", "macal-ql"]
+FinetuneAlgo = Literal["ovmse", "ovm", "se", "qmix", "macql", "switch-cql", "macal-ql",
+                       "action-proposal"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,22 @@ class CqlConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """Offline value function memory (OVM, paper eq. 4-6): the loss
+    (1 - lam) * (Q_tot - y)^2 + lam * (Q_tot - max(Qbar_offline, y))^2, lam decaying linearly
+    from 1 to lam_end over lam_anneal_steps env steps, then held. The paper's appendix with its
+    values is not available (shared/REFERENCE.md); these defaults are the project's choice."""
+
+    use_memory: bool = False
+    """Use the OVM loss (needs a pre-trained checkpoint: its target network is the memory)."""
+    lam_end: float = 0.0
+    """lam after the anneal: 0 leaves plain TD learning once the transition is over."""
+    lam_anneal_steps: int = 200_000
+    """Env steps of lam's linear decay from 1 (twice the epsilon anneal of PyMARL2's 100k, so
+    the memory outlasts the most exploratory phase)."""
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     lr: float = 1e-3
     """Adam learning rate (PyMARL2: 1e-3)."""
@@ -79,6 +97,11 @@ class LearnerConfig:
     """Gradient steps after each round of num_envs new episodes (PyMARL2: 1 per 8 episodes)."""
     cql: CqlConfig = field(default_factory=CqlConfig)
     """The conservative regulariser (off unless cql.alpha > 0)."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """OVM (off unless memory.use_memory)."""
+    action_proposal: bool = False
+    """Action proposal (IBRL): bootstrap from the better, under the target network, of the
+    online greedy next action and the frozen offline policy's (needs a pre-trained checkpoint)."""
     length_buckets: int = 6
     """Number of compiled unroll lengths of the update, ceil(episode_limit * (2/3)^k). A batch is
     unrolled only to the shortest one that holds its longest episode (exact: the rest is
@@ -99,6 +122,26 @@ class ExplorationConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Where an online run starts from and what offline data it keeps using (inactive in plain
+    `ovmse train`, which learns from scratch)."""
+
+    method: str = "qmix"
+    """Name of the method whose switches these are (informative; set by `ovmse finetune`)."""
+    checkpoint: str = ""
+    """Pre-training run folder (ovmse pretrain) whose networks start the online phase; empty:
+    from scratch."""
+    dataset: str = ""
+    """Offline dataset mixed into online batches (default: the checkpoint's)."""
+    offline_ratio: float = 0.0
+    """Fraction of each batch's episodes drawn from the offline dataset, the rest from the online
+    buffer (the paper tries 0, 0.1, 0.3, 0.5; OVMSE is best at 0 or 0.1)."""
+    probe_episodes: int = 32
+    """Episodes of the offline greedy policy, played once before the online phase, on which the
+    mean Q_tot of the current network is logged at every test (the unlearning probe, Fig. 1)."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Online QMIX training on SMAX."""
 
@@ -106,6 +149,7 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     explore: ExplorationConfig = field(default_factory=ExplorationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     steps: int = 500_000
     """Env steps to train for (summed over the parallel environments of one seed)."""
     num_envs: int = 8
@@ -170,6 +214,32 @@ class PretrainConfig:
         return dataclasses.replace(self, learner=dataclasses.replace(self.learner, cql=cql))
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    """`ovmse run`: the offline-to-online pipeline at a CPU-sized scale (pipeline.py)."""
+
+    dataset: str = "datasets/3m/medium"
+    """Dataset to pre-train on (the shipped 3m medium by default)."""
+    baseline: str = "switch-cql"
+    """The method fine-tuned beside OVMSE (any of `ovmse finetune --algo`)."""
+    num_seeds: int = 2
+    """Seeds, vmapped in every phase."""
+    pretrain_steps: int = 500
+    """Gradient steps of MACQL pre-training (3m medium reaches the data's win rate in ~250)."""
+    alpha: float = 5.0
+    """CQL weight of pre-training (CFCQL's MACQL)."""
+    num_samples: int = 32
+    """Joint actions sampled by the CQL term (fewer than CFCQL's 100, for a CPU-sized run)."""
+    finetune_steps: int = 50_000
+    """Env steps of each fine-tuning run."""
+    eps_anneal_steps: int = 25_000
+    """Env steps of the exploration anneal online (scaled down with the budget)."""
+    lam_anneal_steps: int = 50_000
+    """Env steps of OVM's memory-weight anneal (scaled down with the budget)."""
+    test_interval: int = 2_500
+    """Env steps between greedy tests online."""
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
@@ -207,6 +277,7 @@ def validate_learner(cfg: LearnerConfig) -> None:
     _check(cfg.batch_size <= cfg.buffer_size,
            f"batch_size ({cfg.batch_size}) must not exceed buffer_size ({cfg.buffer_size})")
     validate_cql(cfg.cql)
+    validate_memory(cfg.memory)
 
 
 def validate_cql(cfg: CqlConfig) -> None:
@@ -214,6 +285,22 @@ def validate_cql(cfg: CqlConfig) -> None:
     _check(cfg.estimator in ("joint", "counterfactual"),
            f"cql estimator must be joint or counterfactual, got {cfg.estimator!r}")
     _positive("cql num_samples", cfg.num_samples)
+
+
+def validate_memory(cfg: MemoryConfig) -> None:
+    _unit_interval("lam_end", cfg.lam_end)
+    _positive("lam_anneal_steps", cfg.lam_anneal_steps)
+
+
+def validate_finetune(cfg: FinetuneConfig, learner: LearnerConfig) -> None:
+    _check(0.0 <= cfg.offline_ratio < 1.0,
+           f"offline_ratio must be in [0, 1), got {cfg.offline_ratio}")
+    _positive("probe_episodes", cfg.probe_episodes)
+    needs = [name for name, used in (("the OVM memory", learner.memory.use_memory),
+                                     ("action proposal", learner.action_proposal),
+                                     ("offline data mixing", cfg.offline_ratio > 0)) if used]
+    _check(bool(cfg.checkpoint) or not needs,
+           f"{needs[0] if needs else ''} needs a pre-trained --checkpoint (ovmse pretrain)")
 
 
 def validate_exploration(cfg: ExplorationConfig) -> None:
@@ -229,6 +316,7 @@ def validate_train(cfg: TrainConfig) -> None:
     validate_network(cfg.network)
     validate_learner(cfg.learner)
     validate_exploration(cfg.explore)
+    validate_finetune(cfg.finetune, cfg.learner)
     for name in ("steps", "num_envs", "num_seeds", "test_interval", "test_episodes",
                  "final_test_episodes", "checkpoint_interval"):
         _positive(name, getattr(cfg, name))

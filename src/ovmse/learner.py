@@ -19,7 +19,7 @@ from ovmse.envs import EnvSpec
 from ovmse.exploration import greedy_actions
 from ovmse.cql import (counterfactual_push_down, cql_regulariser, joint_push_down,
                        returns_to_go)
-from ovmse.losses import masked_mse, td_lambda_targets
+from ovmse.losses import masked_mse, ovm_loss, td_lambda_targets
 from ovmse.networks import QMixer, RNNAgent, agent_inputs
 from ovmse.networks.mixer import MixerWeights, mix_with
 
@@ -39,10 +39,19 @@ class LearnerState(NamedTuple):
     updates: jax.Array  # int32 [], gradient steps taken
 
 
+class OfflineMemory(NamedTuple):
+    """What the online phase keeps, frozen, from pre-training."""
+
+    target_params: dict  # the offline target network {"agent", "mixer"}: OVM's Qbar_offline
+    policy_agent: dict  # the offline online agent network: the action-proposal policy
+
+
 class UpdateMetrics(NamedTuple):
-    loss: jax.Array  # the minimised loss: td_loss + alpha * cql
-    td_loss: jax.Array
+    loss: jax.Array  # the minimised loss: TD (or OVM) loss + alpha * cql
+    td_loss: jax.Array  # mean (Q_tot - y)^2
     cql: jax.Array  # the regulariser of eq. 9 (0 when off)
+    memory_q: jax.Array  # mean Qbar_offline(tau, a) (0 without OVM)
+    memory_wins: jax.Array  # share of transitions where Qbar_offline > y (0 without OVM)
     td_error_abs: jax.Array
     q_taken: jax.Array  # mean Q_tot(tau, a) over real transitions
     target: jax.Array
@@ -98,17 +107,26 @@ def take(q: jax.Array, actions: jax.Array) -> jax.Array:
 
 
 def td_targets(nets: QmixNetworks, target_params: dict, q_online: jax.Array,
-               q_target: jax.Array, batch: EpisodeBatch, cfg: LearnerConfig) -> jax.Array:
+               q_target: jax.Array, batch: EpisodeBatch, cfg: LearnerConfig,
+               q_proposal: jax.Array | None = None) -> jax.Array:
     """The TD(lambda) target of eq. 8 for every transition: [T, B] (not stopped).
 
     a*_{t+1} = argmax over available actions of the online Q (double Q) or the target Q, and
     Qbar_tot(tau_{t+1}, a*_{t+1}) = target mixer of the target agents' Q at a*, state s_{t+1}.
-    q_online, q_target: [T+1, B, N, A].
+    With `q_proposal` (action proposal, IBRL), the frozen offline policy proposes its greedy
+    action too, and the target bootstraps from whichever of the two Qbar_tot values is higher.
+    q_online, q_target, q_proposal: [T+1, B, N, A].
     """
     chooser = q_online if cfg.double_q else q_target
-    best_next = greedy_actions(jax.lax.stop_gradient(chooser[1:]), batch.avail[1:])
-    next_q = nets.mixer.apply(target_params["mixer"], take(q_target[1:], best_next),
-                              batch.state[1:])
+
+    def value_of(q_choice):
+        best = greedy_actions(jax.lax.stop_gradient(q_choice[1:]), batch.avail[1:])
+        return nets.mixer.apply(target_params["mixer"], take(q_target[1:], best),
+                                batch.state[1:])
+
+    next_q = value_of(chooser)
+    if q_proposal is not None:
+        next_q = jnp.maximum(next_q, value_of(q_proposal))
     return td_lambda_targets(batch.rewards, batch.terminated, batch.filled, next_q,
                              cfg.gamma, cfg.td_lambda)
 
@@ -133,31 +151,53 @@ def cql_term(q_online: jax.Array, weights: MixerWeights, q_tot: jax.Array,
 
 
 def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
-              cfg: LearnerConfig, key: jax.Array | None = None) -> tuple[jax.Array, UpdateMetrics]:
-    """Eq. 10: the TD loss of eq. 8, the mean over real transitions of (Q_tot(tau_t, a_t) -
-    y_t)^2 with y the TD(lambda) target from the target network (td_lambda = 0 is eq. 8
-    exactly), plus cfg.cql.alpha times the regulariser of eq. 9 (`key` draws its samples).
+              cfg: LearnerConfig, key: jax.Array | None = None,
+              memory: OfflineMemory | None = None,
+              lam: jax.Array | float = 0.0) -> tuple[jax.Array, UpdateMetrics]:
+    """The loss of one update, with the switches of `cfg`:
+      TD loss (eq. 8): mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2, y the
+        TD(lambda) target from the target network (td_lambda = 0 is eq. 8 exactly), with the
+        action-proposal bootstrap when cfg.action_proposal;
+      or, when cfg.memory.use_memory, the OVM loss of eq. 6 with weight `lam`, its memory
+        Qbar_offline(tau, a) from memory.target_params (no gradient reaches it);
+      plus cfg.cql.alpha times the regulariser of eq. 9 (eq. 10; `key` draws its samples).
     Returns (loss, metrics)."""
     q_online = agent_q_values(nets, params["agent"], batch)
     q_target = agent_q_values(nets, target_params["agent"], batch)
     weights = nets.mixer.apply(params["mixer"], batch.state[:-1], method="hypernet")
     q_tot = mix_with(weights, take(q_online[:-1], batch.actions))
+    uses_memory = cfg.memory.use_memory or cfg.action_proposal
+    if uses_memory and memory is None:
+        raise ValueError("OVM and action proposal need the offline memory")
+    q_proposal = (agent_q_values(nets, memory.policy_agent, batch) if cfg.action_proposal
+                  else None)
     target = jax.lax.stop_gradient(td_targets(nets, target_params, q_online, q_target, batch,
-                                              cfg))
+                                              cfg, q_proposal))
     td_loss = masked_mse(q_tot, target, batch.filled)
+    count = jnp.maximum(jnp.sum(batch.filled), 1)
+
+    def masked_mean(x):
+        return jnp.sum(jnp.where(batch.filled, x, 0.0)) / count
+
+    if cfg.memory.use_memory:
+        memory_agent_q = agent_q_values(nets, memory.target_params["agent"], batch)
+        memory_q = jax.lax.stop_gradient(nets.mixer.apply(
+            memory.target_params["mixer"], take(memory_agent_q[:-1], batch.actions),
+            batch.state[:-1]))
+        value_loss = ovm_loss(q_tot, target, memory_q, lam, batch.filled)
+        memory_metrics = (masked_mean(memory_q), masked_mean((memory_q > target) * 1.0))
+    else:
+        value_loss = td_loss
+        memory_metrics = (jnp.zeros(()), jnp.zeros(()))
     if cfg.cql.alpha > 0:
         if key is None and cfg.cql.estimator == "joint":
             raise ValueError("the joint CQL estimator samples actions: pass a key")
         cql = cql_term(q_online, weights, q_tot, batch, cfg, key)
     else:
         cql = jnp.zeros(())
-    count = jnp.maximum(jnp.sum(batch.filled), 1)
-
-    def masked_mean(x):
-        return jnp.sum(jnp.where(batch.filled, x, 0.0)) / count
-
-    loss = td_loss + cfg.cql.alpha * cql
-    metrics = UpdateMetrics(loss=loss, td_loss=td_loss, cql=cql,
+    loss = value_loss + cfg.cql.alpha * cql
+    metrics = UpdateMetrics(loss=loss, td_loss=td_loss, cql=cql, memory_q=memory_metrics[0],
+                            memory_wins=memory_metrics[1],
                             td_error_abs=masked_mean(jnp.abs(q_tot - target)),
                             q_taken=masked_mean(q_tot), target=masked_mean(target),
                             grad_norm=jnp.zeros(()))
@@ -165,11 +205,12 @@ def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: Epis
 
 
 def learner_update(state: LearnerState, batch: EpisodeBatch, nets: QmixNetworks,
-                   cfg: LearnerConfig, key: jax.Array | None = None
-                   ) -> tuple[LearnerState, UpdateMetrics]:
+                   cfg: LearnerConfig, key: jax.Array | None = None,
+                   memory: OfflineMemory | None = None,
+                   lam: jax.Array | float = 0.0) -> tuple[LearnerState, UpdateMetrics]:
     """One gradient step of `qmix_loss` on a batch of episodes."""
     grads, metrics = jax.grad(qmix_loss, has_aux=True)(
-        state.params, state.target_params, nets, batch, cfg, key)
+        state.params, state.target_params, nets, batch, cfg, key, memory, lam)
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics._replace(grad_norm=optax.tree.norm(grads))

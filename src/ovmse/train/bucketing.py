@@ -24,19 +24,21 @@ def unroll_lengths(limit: int, buckets: int) -> tuple[int, ...]:
 
 
 def update_all_seeds(update: Callable, learners, batches: EpisodeBatch, keys: jax.Array,
-                     lengths: tuple[int, ...]):
-    """`update(learner, batch, key) -> (learner, metrics)` for every seed (vmapped), on batches
-    cut to the shortest of `lengths` that holds the longest episode of any seed's batch.
+                     lengths: tuple[int, ...], *extras):
+    """`update(learner, batch, key, *extras) -> (learner, metrics)` for every seed (vmapped),
+    on batches cut to the shortest of `lengths` that holds the longest episode of any seed's
+    batch.
 
-    learners, batches ([S, T(+1), B, ...]), keys: leading seed axis. `lax.switch` sits outside
+    learners, batches ([S, T(+1), B, ...]), keys, extras: leading seed axis. `lax.switch` sits outside
     the vmap over seeds, so it really branches. Returns (learners, metrics, unroll length used).
     """
     longest = jnp.max(jnp.sum(batches.filled, axis=1))
     branch = jnp.searchsorted(jnp.array(lengths), longest)
 
     def at(length):
-        return jax.vmap(lambda learner, batch, key: update(learner, batch.first_steps(length),
-                                                           key))
+        return jax.vmap(lambda learner, batch, key, *extras: update(
+            learner, batch.first_steps(length), key, *extras))
 
-    updated, metrics = jax.lax.switch(branch, [at(n) for n in lengths], learners, batches, keys)
+    updated, metrics = jax.lax.switch(branch, [at(n) for n in lengths], learners, batches, keys,
+                                      *extras)
     return updated, metrics, jnp.array(lengths, jnp.float32)[branch]

@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError
+from ovmse.evaluation import TestStats
 from ovmse.plots import plot_learning_curve
 from ovmse.runs import (load_checkpoint, new_run_dir, read_checkpoint_meta, read_json,
                         read_jsonl, save_checkpoint, write_json, write_jsonl)
 from ovmse.snapshots import save_policy_snapshot
-from ovmse.evaluation import TestStats
 from ovmse.train.online import ChunkStats, OnlineTrainer
 
 FINAL_TEST_INDEX = 1 << 30  # test-key index of the final test, apart from periodic tests'
@@ -36,9 +36,12 @@ def chunk_ends(cfg: TrainConfig) -> list[int]:
 
 def _records(chunk: int, states, stats: ChunkStats | None, test: TestStats, trainer,
              wall_s: float) -> list[dict]:
-    """One metrics record per seed."""
-    host = jax.device_get((states.t_env, states.episodes, states.learner.updates, stats, test))
-    t_env, episodes, updates, stats, test = host
+    """One metrics record per seed; fine-tuning runs add lam (OVM's memory weight) and
+    probe_q (mean Q_tot of the current network on the offline policy's probe episodes)."""
+    probe = trainer.probe_values(states) if states.probe is not None else None
+    host = jax.device_get((states.t_env, states.episodes, states.learner.updates, stats, test,
+                           probe))
+    t_env, episodes, updates, stats, test, probe = host
     records = []
     for i in range(len(t_env)):
         rec = dict(seed=trainer.cfg.seed + i, chunk=chunk, t_env=int(t_env[i]),
@@ -46,6 +49,10 @@ def _records(chunk: int, states, stats: ChunkStats | None, test: TestStats, trai
                    epsilon=float(trainer.epsilon(int(t_env[i]))), wall_s=round(wall_s, 3),
                    test_win_rate=float(test.win_rate[i]), test_return=float(test.mean_return[i]),
                    test_ep_length=float(test.mean_length[i]))
+        if trainer.cfg.learner.memory.use_memory:
+            rec["lam"] = float(trainer.memory_weight(int(t_env[i])))
+        if probe is not None:
+            rec["probe_q"] = float(probe[i])
         if stats is not None and stats.episodes[i] > 0:
             n_ep, n_up = float(stats.episodes[i]), max(float(stats.updates[i]), 1.0)
             rec.update(train_return=float(stats.returns[i]) / n_ep,
@@ -89,14 +96,19 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         write_json(run_dir / "config.json", to_dict(cfg))
     trainer = OnlineTrainer(cfg)
     ends = chunk_ends(cfg)
+    pretrained, data = _offline_inputs(cfg, trainer)
 
     if resume:
-        template = jax.eval_shape(trainer.init, trainer.seed_keys())
+        if pretrained is None:
+            template = jax.eval_shape(trainer.init, trainer.seed_keys())
+        else:
+            template = jax.eval_shape(trainer.init_pretrained, trainer.seed_keys(), pretrained)
         states, meta = load_checkpoint(ckpt_path, template)
         start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
         records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["chunk"] <= start_chunk]
     else:
-        states = trainer.init(trainer.seed_keys())
+        states = (trainer.init(trainer.seed_keys()) if pretrained is None
+                  else trainer.init_pretrained(trainer.seed_keys(), pretrained))
         test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
         start_chunk, wall_offset = 0, 0.0
         records = _records(0, states, None, test, trainer, 0.0)
@@ -113,7 +125,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     last_saved_step = ends[start_chunk - 1] if start_chunk else 0
     for chunk in range(start_chunk + 1, len(ends) + 1):
         until = ends[chunk - 1]
-        states, stats = trainer.run_chunk(states, jnp.int32(until))
+        states, stats = trainer.run_chunk(states, jnp.int32(until), data)
         test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
         wall_s = wall_offset + time.perf_counter() - start
         new = _records(chunk, states, stats, test, trainer, wall_s)
@@ -138,8 +150,45 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     summary = _summary(cfg, records, final, wall_s)
     write_json(run_dir / "summary.json", summary)
     plot_learning_curve(records, run_dir / "learning_curve.png",
-                        f"QMIX on SMAX {cfg.env.map}, {cfg.num_seeds} seed(s)")
+                        f"{run_title(cfg)} on SMAX {cfg.env.map}, {cfg.num_seeds} seed(s)")
     return summary
+
+
+def run_title(cfg: TrainConfig) -> str:
+    """What a run trains, in a few words: "QMIX" or the fine-tuning switches."""
+    if not cfg.finetune.checkpoint:
+        return "QMIX"
+    parts = ["OVM" if cfg.learner.memory.use_memory else "TD"]
+    if cfg.learner.cql.alpha > 0:
+        parts.append(("Cal-QL" if cfg.learner.cql.calibrated else "CQL")
+                     + f" {cfg.learner.cql.alpha:g}")
+    if cfg.learner.action_proposal:
+        parts.append("action proposal")
+    parts.append("SE" if cfg.explore.exploration == "sequential" else "eps-greedy")
+    return "fine-tuning (" + ", ".join(parts) + ")"
+
+
+def _offline_inputs(cfg: TrainConfig, trainer: OnlineTrainer):
+    """The pre-trained LearnerState of every seed (seed i starts from the pre-training's seed
+    i mod its seed count) and the offline dataset on the device (when offline_ratio > 0);
+    (None, None) for a run from scratch."""
+    from ovmse.datasets.store import load_dataset
+    from ovmse.train.pretrain import load_pretrained
+
+    if not cfg.finetune.checkpoint:
+        return None, None
+    learner, meta = load_pretrained(Path(cfg.finetune.checkpoint), trainer.spec)
+    if meta["config"]["network"] != to_dict(cfg.network):
+        raise UserError(f"checkpoint {cfg.finetune.checkpoint} has network sizes "
+                        f"{meta['config']['network']}, this run {to_dict(cfg.network)}")
+    count = jax.tree.leaves(learner)[0].shape[0]
+    index = np.arange(cfg.num_seeds) % count
+    learner = jax.tree.map(lambda x: x[index], learner)
+    data = None
+    if cfg.finetune.offline_ratio > 0:
+        batch, _ = load_dataset(Path(cfg.finetune.dataset), trainer.spec)
+        data = jax.device_put(batch)
+    return learner, data
 
 
 def _resumable_config(run_dir: Path) -> TrainConfig:

@@ -12,6 +12,11 @@ One *chunk* runs iterations until every seed has reached a given env step (the n
 remaining iterations: its updates are discarded and its buffer writes dropped, so a seed's
 results do not depend on which other seeds run beside it, and no buffer is ever copied.
 The Python driver (train/driver.py) calls one chunk per test interval.
+
+Offline-to-online (paper Algorithm 1): started from a pre-trained LearnerState, a seed also
+keeps the frozen OfflineMemory (OVM's Qbar_offline, the action-proposal policy) and the probe
+episodes of the offline greedy policy; a share `offline_ratio` of each batch comes from the
+offline dataset, which the chunk takes as an argument.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ovmse.buffers.episode import EpisodeBuffer, add_episodes, init_buffer, sample_episodes
+from ovmse.buffers.episode import (EpisodeBatch, EpisodeBuffer, add_episodes, init_buffer,
+                                   sample_episodes)
 from ovmse.config import TrainConfig
 from ovmse.envs import make_env
 from ovmse.evaluation import TestStats, greedy_test
 from ovmse.exploration import linear_schedule
-from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
-                           make_networks, update_target)
+from ovmse.learner import (LearnerState, OfflineMemory, UpdateMetrics, agent_q_values,
+                           init_learner, learner_update, make_networks, take, update_target)
 from ovmse.rollout import run_episodes
 from ovmse.train.bucketing import unroll_lengths, update_all_seeds
 
@@ -40,6 +46,8 @@ class TrainState(NamedTuple):
     rng: jax.Array
     t_env: jax.Array  # int32 [], env steps taken
     episodes: jax.Array  # int32 [], episodes played
+    memory: OfflineMemory | None = None  # frozen, from pre-training (OVM, action proposal)
+    probe: EpisodeBatch | None = None  # the offline greedy policy's episodes (unlearning probe)
 
 
 class ChunkStats(NamedTuple):
@@ -74,6 +82,8 @@ class OnlineTrainer:
         self.spec = self.env.spec
         self.nets = make_networks(self.spec, cfg.network)
         self.init = jax.jit(jax.vmap(self._init_one))
+        self.init_pretrained = jax.jit(jax.vmap(self._init_pretrained_one))
+        self.probe_values = jax.jit(jax.vmap(self._probe_value_one))
         self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
         self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, 0, None)),
                                 static_argnums=2)
@@ -92,6 +102,11 @@ class OnlineTrainer:
         x = self.cfg.explore
         return linear_schedule(x.eps_start, x.eps_end, x.eps_anneal_steps, t_env)
 
+    def memory_weight(self, t_env):
+        """lam of eq. 6: 1 at the start of the online phase, linearly down to lam_end."""
+        m = self.cfg.learner.memory
+        return linear_schedule(1.0, m.lam_end, m.lam_anneal_steps, t_env)
+
     def _init_one(self, seed_key: jax.Array) -> TrainState:
         key_params, key_run = jax.random.split(jax.random.fold_in(seed_key, 0))
         zero = jnp.zeros((), jnp.int32)
@@ -99,7 +114,43 @@ class OnlineTrainer:
                           init_buffer(self.spec, self.cfg.learner.buffer_size), key_run,
                           zero, zero)
 
-    def _collect(self, state: TrainState, until: jax.Array):
+    def _init_pretrained_one(self, seed_key: jax.Array, learner: LearnerState) -> TrainState:
+        """A seed starting from a pre-trained learner (online and target networks, optimizer
+        state), with its frozen memory and its probe episodes."""
+        state = self._init_one(seed_key)
+        lcfg = self.cfg.learner
+        memory = (OfflineMemory(learner.target_params, learner.params["agent"])
+                  if lcfg.memory.use_memory or lcfg.action_proposal else None)
+        probe, _ = run_episodes(jax.random.fold_in(seed_key, 2), self.nets.agent,
+                                learner.params["agent"], self.env,
+                                self.cfg.finetune.probe_episodes, jnp.zeros(()), "greedy")
+        return state._replace(learner=learner, memory=memory, probe=probe)
+
+    def _probe_value_one(self, state: TrainState) -> jax.Array:
+        """Mean Q_tot(tau, a) of the current online network over the probe's transitions."""
+        probe, params = state.probe, state.learner.params
+        q = agent_q_values(self.nets, params["agent"], probe)
+        q_tot = self.nets.mixer.apply(params["mixer"], take(q[:-1], probe.actions),
+                                      probe.state[:-1])
+        return jnp.sum(jnp.where(probe.filled, q_tot, 0.0)) / jnp.maximum(probe.filled.sum(), 1)
+
+    def offline_share(self) -> int:
+        """Episodes of each batch drawn from the offline dataset."""
+        return round(self.cfg.finetune.offline_ratio * self.cfg.learner.batch_size)
+
+    def _draw_batch(self, buffer: EpisodeBuffer, data: EpisodeBatch | None, key: jax.Array):
+        """A batch of `batch_size` episodes: `offline_share()` from the dataset, the rest from
+        the online buffer (uniformly, with replacement, as PyMARL's buffer samples)."""
+        n_offline = self.offline_share()
+        online = sample_episodes(buffer, key, self.cfg.learner.batch_size - n_offline)
+        if n_offline == 0:
+            return online
+        index = jax.random.randint(jax.random.fold_in(key, 1), (n_offline,), 0,
+                                   data.num_episodes)
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b[:, index]], axis=1),
+                            online, data)
+
+    def _collect(self, state: TrainState, until: jax.Array, data: EpisodeBatch | None):
         """Play num_envs episodes, store them, and draw the batches of this iteration's updates.
 
         Returns (state, batches [U, T(+1), B, ...], update keys [U], learning [], stats without
@@ -112,11 +163,11 @@ class OnlineTrainer:
             key_rollout, self.nets.agent, state.learner.params["agent"], self.env,
             cfg.num_envs, self.epsilon(state.t_env), cfg.explore.exploration)
         buffer = add_episodes(state.buffer, batch, active)
-        batches = jax.vmap(lambda k: sample_episodes(buffer, k, lcfg.batch_size))(
+        batches = jax.vmap(lambda k: self._draw_batch(buffer, data, k))(
             jax.random.split(key_sample, lcfg.updates_per_iteration))
         update_keys = jax.random.split(jax.random.fold_in(key_sample, 1),
                                        lcfg.updates_per_iteration)  # the CQL term's samples
-        learning = active & (buffer.size >= lcfg.batch_size)
+        learning = active & (buffer.size >= lcfg.batch_size - self.offline_share())
         new_state = state._replace(
             buffer=buffer, rng=jnp.where(active, rng, state.rng),
             t_env=state.t_env + jnp.where(active, episode_stats.lengths.sum(), 0),
@@ -137,39 +188,45 @@ class OnlineTrainer:
     def unroll_lengths(self) -> tuple[int, ...]:
         return unroll_lengths(self.spec.episode_limit, self.cfg.learner.length_buckets)
 
-    def _learn(self, learners: LearnerState, batches, keys: jax.Array, learning: jax.Array):
-        """The iteration's gradient steps for all seeds. learners: [S, ...]; batches:
+    def _learn(self, states: TrainState, batches, keys: jax.Array, learning: jax.Array):
+        """The iteration's gradient steps for all seeds. states: [S, ...]; batches:
         [S, U, T(+1), B, ...]; keys [S, U]; learning: [S] (false: the seed's update is
-        discarded). Each update unrolls only as far as its batches need (bucketing.py)."""
+        discarded). Each update unrolls only as far as its batches need (bucketing.py).
+        Returns (learners, summed metrics, summed unroll lengths)."""
         lengths = self.unroll_lengths()
+        lam = self.memory_weight(states.t_env)  # [S]
 
-        def update(learner, batch, key):
-            return learner_update(learner, batch, self.nets, self.cfg.learner, key)
+        def update(learner, batch, key, memory, lam):
+            return learner_update(learner, batch, self.nets, self.cfg.learner, key, memory, lam)
 
         def one_update(learners, batch_and_keys):
             batch, keys = batch_and_keys
-            updated, metrics, length = update_all_seeds(update, learners, batch, keys, lengths)
+            updated, metrics, length = update_all_seeds(update, learners, batch, keys, lengths,
+                                                        states.memory, lam)
             learners = jax.vmap(_select)(learning, updated, learners)
             return learners, (jax.tree.map(lambda m: learning * m, metrics), learning * length)
 
         per_update = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batches, keys))  # [U, S]
-        learners, (metrics, unrolled) = jax.lax.scan(one_update, learners, per_update)
+        learners, (metrics, unrolled) = jax.lax.scan(one_update, states.learner, per_update)
         return learners, jax.tree.map(lambda m: m.sum(0), metrics), unrolled.sum(0)
 
-    def _iteration(self, states: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
+    def _iteration(self, states: TrainState, until: jax.Array,
+                   data: EpisodeBatch | None) -> tuple[TrainState, ChunkStats]:
         """One iteration of every seed: collect (vmapped), learn, update targets."""
         interval = self.cfg.learner.target_update_interval
         episodes_before = states.episodes
-        states, batches, keys, learning, stats = jax.vmap(self._collect, in_axes=(0, None))(
-            states, until)
-        learners, metrics, unrolled = self._learn(states.learner, batches, keys, learning)
+        states, batches, keys, learning, stats = jax.vmap(
+            self._collect, in_axes=(0, None, None))(states, until, data)
+        learners, metrics, unrolled = self._learn(states, batches, keys, learning)
         crossed = states.episodes // interval > episodes_before // interval
         learners = jax.vmap(update_target)(learners, crossed)
         return (states._replace(learner=learners),
                 stats._replace(update_metrics=metrics, unroll_steps=unrolled))
 
-    def _run_chunk(self, states: TrainState, until: jax.Array) -> tuple[TrainState, ChunkStats]:
-        """Iterate every seed until its t_env >= until. states: TrainState with leaves [S, ...]."""
+    def _run_chunk(self, states: TrainState, until: jax.Array,
+                   data: EpisodeBatch | None = None) -> tuple[TrainState, ChunkStats]:
+        """Iterate every seed until its t_env >= until. states: TrainState with leaves [S, ...];
+        data: the offline dataset mixed into batches (needed when offline_ratio > 0)."""
         num_seeds = states.t_env.shape[0]
 
         def not_done(carry):
@@ -177,7 +234,7 @@ class OnlineTrainer:
 
         def body(carry):
             states, totals = carry
-            states, stats = self._iteration(states, until)
+            states, stats = self._iteration(states, until, data)
             return states, jax.tree.map(jnp.add, totals, stats)
 
         zeros = jax.tree.map(lambda z: jnp.zeros((num_seeds,), z.dtype), _zero_stats())

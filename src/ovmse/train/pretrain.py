@@ -193,17 +193,24 @@ def _summary(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, records: li
     )
 
 
-def load_pretrained(path: Path, spec: EnvSpec | None = None) -> tuple[LearnerState, dict]:
-    """The LearnerState of every seed of a pre-training run ([S, ...] leaves: online and target
-    networks, optimizer state, update count) and the checkpoint's metadata (its config, spec,
-    dataset). `path` is the run folder or its checkpoint file; `spec`, when given, must match
-    the map and sizes it was trained on."""
+def pretrained_checkpoint(path: Path) -> tuple[Path, dict]:
+    """The checkpoint file of a pre-training run (its folder or the file) and its metadata;
+    UserError if it is not one."""
     path = Path(path)
     ckpt = path / CHECKPOINT_FILE if path.is_dir() else path
     meta = read_checkpoint_meta(ckpt)
     if meta.get("kind") != CHECKPOINT_KIND:
         raise UserError(f"{ckpt} is not an offline pre-training checkpoint (kind "
                         f"{meta.get('kind')!r}); make one with `ovmse pretrain`")
+    return ckpt, meta
+
+
+def load_pretrained(path: Path, spec: EnvSpec | None = None) -> tuple[LearnerState, dict]:
+    """The LearnerState of every seed of a pre-training run ([S, ...] leaves: online and target
+    networks, optimizer state, update count) and the checkpoint's metadata (its config, spec,
+    dataset). `path` is the run folder or its checkpoint file; `spec`, when given, must match
+    the map and sizes it was trained on."""
+    ckpt, meta = pretrained_checkpoint(path)
     trained = EnvSpec(**meta["spec"])
     if spec is not None and trained != spec:
         what = (f"map {trained.map_name}" if trained.map_name != spec.map_name else

@@ -1,0 +1,131 @@
+"""Benchmark of online fine-tuning: every method from the same pre-trained networks, several
+seeds, on one map and dataset; learning curves, the unlearning probe, the drop at the
+transition, steps to win-rate thresholds and throughput.
+
+    python benchmarks/bench_finetune.py --dataset datasets/3m/medium --tag 3m_medium_cpu \
+        --methods ovmse ovm se switch-cql macql qmix --seeds 3 --steps 200000
+
+Pre-training: MACQL (alpha 5, the defaults of `ovmse pretrain`) for --pretrain-steps gradient
+steps, all seeds vmapped; fine-tuning seed i starts from pre-training seed i. Each method is one
+`ovmse finetune` run with its seeds vmapped. Finished runs in --work-dir are reused, so an
+interrupted benchmark continues where it stopped. Writes benchmarks/results/finetune_<tag>.json
+and finetune_<tag>.png (median test win rate and the probe's mean Q_tot vs env steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+
+from ovmse.config import FinetuneConfig, PretrainConfig, TrainConfig
+from ovmse.methods import finetune_config
+from ovmse.plots import median_curve
+from ovmse.runs import read_jsonl
+from ovmse.stats import steps_to_threshold, transition_drop
+from ovmse.train.driver import train
+from ovmse.train.pretrain import pretrain
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def finished(run_dir: Path) -> dict | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="datasets/3m/medium")
+    parser.add_argument("--methods", nargs="+",
+                        default=["ovmse", "ovm", "se", "switch-cql", "macql", "qmix"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200_000)
+    parser.add_argument("--pretrain-steps", type=int, default=2000)
+    parser.add_argument("--test-interval", type=int, default=5000)
+    parser.add_argument("--offline-ratio", type=float, default=0.0)
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    work = args.work_dir
+
+    pre_dir = work / "pretrain"
+    pre = finished(pre_dir) or pretrain(
+        PretrainConfig(dataset=args.dataset, steps=args.pretrain_steps, num_seeds=args.seeds,
+                       test_interval=max(args.pretrain_steps // 10, 1)),
+        pre_dir, progress=args.progress)
+    offline_win = pre["final_test"]["median_win_rate"]
+    print(f"pre-trained: final median win rate {offline_win:.3f} (dataset "
+          f"{pre['dataset']['win_rate']:.3f}), {pre['wall_s']} s", flush=True)
+    base = TrainConfig(steps=args.steps, num_seeds=args.seeds, test_interval=args.test_interval,
+                       finetune=FinetuneConfig(checkpoint=str(pre_dir),
+                                               offline_ratio=args.offline_ratio))
+    out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
+                            jax=jax.__version__, device=str(jax.devices()[0]),
+                            date=time.strftime("%Y-%m-%d")),
+               settings=dict(vars(args), work_dir=str(work), results_dir=None),
+               pretrain=dict(final_test=pre["final_test"], dataset=pre["dataset"],
+                             wall_s=pre["wall_s"]),
+               runs=[])
+    for method in args.methods:
+        run_dir = work / method
+        summary = finished(run_dir) or train(finetune_config(method, base), run_dir,
+                                             progress=args.progress)
+        records = read_jsonl(run_dir / "metrics.jsonl")
+        steps, wins = median_curve(records, "test_win_rate")
+        _, returns = median_curve(records, "test_return")
+        _, probe = median_curve(records, "probe_q")
+        row = dict(method=method, env_steps_per_s=summary["env_steps_per_s"],
+                   wall_s=summary["wall_s"], final_test=summary["final_test"],
+                   drop_at_transition=transition_drop(steps, wins, offline_win),
+                   steps_to={str(t): steps_to_threshold(steps, wins, t) for t in (0.4, 0.8)},
+                   curve=dict(t_env=steps.tolist(), median_win_rate=wins.tolist(),
+                              median_return=returns.tolist(), median_probe_q=probe.tolist()))
+        out["runs"].append(row)
+        print(f"{method}: final median win rate {row['final_test']['median_win_rate']:.3f}, "
+              f"drop at transition {row['drop_at_transition']:.3f}, steps to 0.8 "
+              f"{row['steps_to']['0.8']}, {row['env_steps_per_s']} env steps/s", flush=True)
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        stem = args.results_dir / f"finetune_{args.tag}"
+        stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+        plot(out, offline_win, stem.with_suffix(".png"))
+    print(f"wrote {args.results_dir / f'finetune_{args.tag}'}.json and .png")
+
+
+def plot(out: dict, offline_win: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_win, ax_probe) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for row in out["runs"]:
+        c = row["curve"]
+        ax_win.plot(c["t_env"], c["median_win_rate"], lw=1.8, label=row["method"])
+        if c["median_probe_q"]:
+            ax_probe.plot(c["t_env"], c["median_probe_q"], lw=1.8, label=row["method"])
+    ax_win.axhline(offline_win, ls="--", color="black", lw=1, label="offline policy")
+    data = out["pretrain"]["dataset"]
+    ax_win.set(xlabel="env steps", ylabel="median test win rate", ylim=(-0.02, 1.02),
+               title=f"fine-tuning on {Path(data['path']).parent.name} {data['quality']}, "
+                     f"median of {out['settings']['seeds']} seeds")
+    ax_probe.set(xlabel="env steps", ylabel="mean Q_tot on offline-policy episodes",
+                 title="unlearning probe (paper Fig. 1)")
+    for ax in (ax_win, ax_probe):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
