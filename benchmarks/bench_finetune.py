@@ -85,7 +85,7 @@ def main() -> None:
         _, probe = median_curve(records, "probe_q")
         row = dict(method=method, env_steps_per_s=summary["env_steps_per_s"],
                    wall_s=summary["wall_s"], final_test=summary["final_test"],
-                   drop_at_transition=transition_drop(steps, wins, offline_win),
+                   drop_at_transition=transition_drop(wins, offline_win),
                    steps_to={str(t): steps_to_threshold(steps, wins, t) for t in (0.4, 0.8)},
                    curve=dict(t_env=steps.tolist(), median_win_rate=wins.tolist(),
                               median_return=returns.tolist(), median_probe_q=probe.tolist()))

@@ -16,6 +16,6 @@ def test_steps_to_threshold():
 
 def test_transition_drop_uses_the_first_tenth_only():
     # first 10% of 0..100: steps 0 and 10 -> min 0.3 (the 0.2 at step 30 is later)
-    assert transition_drop(STEPS, WINS, 0.65) == 0.65 - 0.3
-    assert transition_drop(STEPS, WINS, 0.65, fraction=0.3) == 0.65 - 0.2
-    assert transition_drop(STEPS, np.full(11, 0.9), 0.65) < 0
+    assert transition_drop(WINS, 0.65) == 0.65 - 0.3
+    assert transition_drop(WINS, 0.65, fraction=0.3) == 0.65 - 0.2
+    assert transition_drop(np.full(11, 0.9), 0.65) < 0

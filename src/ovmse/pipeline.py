@@ -56,7 +56,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True) -> dict:
         steps, wins = median_curve(records, "test_win_rate")
         rows.append(dict(method=method, offline_win_rate=offline_win,
                          finetuned_win_rate=summary["final_test"]["median_win_rate"],
-                         drop_at_transition=transition_drop(steps, wins, offline_win),
+                         drop_at_transition=transition_drop(wins, offline_win),
                          steps_to_0_8=steps_to_threshold(steps, wins, 0.8),
                          wall_s=summary["wall_s"]))
     result = dict(dataset=pre["dataset"], seeds=cfg.num_seeds, rows=rows,

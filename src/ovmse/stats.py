@@ -13,12 +13,14 @@ def steps_to_threshold(steps: np.ndarray, values: np.ndarray, threshold: float) 
     return float(np.asarray(steps)[hits[0]]) if hits.size else None
 
 
-def transition_drop(steps: np.ndarray, values: np.ndarray, offline_value: float,
-                    fraction: float = 0.1) -> float:
+def transition_drop(values: np.ndarray, offline_value: float, fraction: float = 0.1) -> float:
     """The unlearning at the start of fine-tuning: the offline value minus the lowest value
-    among the points within the first `fraction` of the run, step 0 included (negative when
+    among the test points of the first `fraction` of the run, step 0 included (negative when
     fine-tuning improves on the offline policy from the start).
-    steps, values: [K] in step order, steps[-1] the end of the run."""
-    steps, values = np.asarray(steps, float), np.asarray(values, float)
-    early = steps <= steps[0] + fraction * (steps[-1] - steps[0])
-    return float(offline_value - values[early].min())
+
+    values: [K] test points in step order, evenly spaced as tests are (every test interval);
+    the window is the first ceil(fraction * (K - 1)) + 1 points, so that a test that
+    ran a few env steps past the 10% mark still counts."""
+    values = np.asarray(values, float)
+    count = int(np.ceil(fraction * (len(values) - 1))) + 1
+    return float(offline_value - values[:count].min())
