@@ -4,6 +4,12 @@ transition, steps to win-rate thresholds and throughput.
 
     python benchmarks/bench_finetune.py --dataset datasets/3m/medium --tag 3m_medium_cpu \
         --methods ovmse ovm se switch-cql macql qmix --seeds 3 --steps 200000
+    python benchmarks/bench_finetune.py --throughput --tag 3m_cpu --work-dir DIR \
+        --methods qmix switch-cql ovmse action-proposal macql
+
+--throughput times the training program alone (one seed, compiled beforehand, no tests): env
+steps per second of each method over --timed-steps after --warmup-steps, run back to back in one
+process, so that fine-tuning's cost can be compared with QMIX's on the same machine.
 
 Pre-training: MACQL (alpha 5, the defaults of `ovmse pretrain`) for --pretrain-steps gradient
 steps, all seeds vmapped; fine-tuning seed i starts from pre-training seed i. Each method is one
@@ -54,6 +60,9 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--warmup-steps", type=int, default=20_000)
+    parser.add_argument("--timed-steps", type=int, default=30_000)
     args = parser.parse_args()
     work = args.work_dir
 
@@ -62,6 +71,9 @@ def main() -> None:
         PretrainConfig(dataset=args.dataset, steps=args.pretrain_steps, num_seeds=args.seeds,
                        test_interval=max(args.pretrain_steps // 10, 1)),
         pre_dir, progress=args.progress)
+    if args.throughput:
+        measure_throughput(args, pre_dir)
+        return
     offline_win = pre["final_test"]["median_win_rate"]
     print(f"pre-trained: final median win rate {offline_win:.3f} (dataset "
           f"{pre['dataset']['win_rate']:.3f}), {pre['wall_s']} s", flush=True)
@@ -98,6 +110,54 @@ def main() -> None:
         stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
         plot(out, offline_win, stem.with_suffix(".png"))
     print(f"wrote {args.results_dir / f'finetune_{args.tag}'}.json and .png")
+
+
+def measure_throughput(args, pre_dir: Path) -> None:
+    """Env steps per second of each method's training program (one seed; learning, memory
+    network and CQL included; compilation, tests and checkpoints excluded)."""
+    import jax.numpy as jnp
+
+    from ovmse.train.driver import offline_inputs
+    from ovmse.train.online import OnlineTrainer
+
+    base = TrainConfig(steps=args.warmup_steps + args.timed_steps, num_seeds=1,
+                       finetune=FinetuneConfig(checkpoint=str(pre_dir),
+                                               offline_ratio=args.offline_ratio))
+    rows = []
+    for method in args.methods:
+        cfg = finetune_config(method, base)
+        trainer = OnlineTrainer(cfg)
+        pretrained, data = offline_inputs(cfg, trainer)
+        states = (trainer.init(trainer.seed_keys()) if pretrained is None
+                  else trainer.init_pretrained(trainer.seed_keys(), pretrained))
+        states, _ = trainer.run_chunk(states, jnp.int32(args.warmup_steps), data)
+        start_steps = int(states.t_env[0])
+        jax.block_until_ready(states)
+        start = time.perf_counter()
+        states, stats = trainer.run_chunk(states, jnp.int32(base.steps), data)
+        jax.block_until_ready(states)
+        seconds = time.perf_counter() - start
+        steps = int(states.t_env[0]) - start_steps
+        rows.append(dict(method=method, env_steps=steps, seconds=round(seconds, 2),
+                         env_steps_per_s=round(steps / seconds, 1),
+                         updates=float(stats.updates[0])))
+        print(json.dumps(rows[-1]), flush=True)
+    reference = next((r["env_steps_per_s"] for r in rows if r["method"] == "qmix"), None)
+    for r in rows:
+        r["slowdown_vs_qmix"] = round(reference / r["env_steps_per_s"], 3) if reference else None
+    out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
+                            jax=jax.__version__, device=str(jax.devices()[0]),
+                            date=time.strftime("%Y-%m-%d")),
+               settings=dict(warmup_steps=args.warmup_steps, timed_steps=args.timed_steps,
+                             offline_ratio=args.offline_ratio, dataset=args.dataset),
+               rows=rows)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"finetune_throughput_{args.tag}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    for r in rows:
+        print(f"{r['method']:>16} {r['env_steps_per_s']:>9} env steps/s  "
+              f"x{r['slowdown_vs_qmix']} of qmix's time")
+    print(f"wrote {path}")
 
 
 def plot(out: dict, offline_win: float, path: Path) -> None:

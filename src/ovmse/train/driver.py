@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         write_json(run_dir / "config.json", to_dict(cfg))
     trainer = OnlineTrainer(cfg)
     ends = chunk_ends(cfg)
-    pretrained, data = _offline_inputs(cfg, trainer)
+    pretrained, data = offline_inputs(cfg, trainer)
 
     if resume:
         if pretrained is None:
@@ -168,7 +168,7 @@ def run_title(cfg: TrainConfig) -> str:
     return "fine-tuning (" + ", ".join(parts) + ")"
 
 
-def _offline_inputs(cfg: TrainConfig, trainer: OnlineTrainer):
+def offline_inputs(cfg: TrainConfig, trainer: OnlineTrainer):
     """The pre-trained LearnerState of every seed (seed i starts from the pre-training's seed
     i mod its seed count) and the offline dataset on the device (when offline_ratio > 0);
     (None, None) for a run from scratch."""
