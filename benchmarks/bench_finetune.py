@@ -31,7 +31,7 @@ import jax
 
 from ovmse.config import FinetuneConfig, PretrainConfig, TrainConfig
 from ovmse.methods import finetune_config
-from ovmse.plots import median_curve
+from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl
 from ovmse.stats import steps_to_threshold, transition_drop
 from ovmse.train.driver import train
@@ -92,15 +92,15 @@ def main() -> None:
         summary = finished(run_dir) or train(finetune_config(method, base), run_dir,
                                              progress=args.progress)
         records = read_jsonl(run_dir / "metrics.jsonl")
-        steps, wins = median_curve(records, "test_win_rate")
+        curve = finetune_curves(records)
+        wins = curve["median_win_rate"]
         _, returns = median_curve(records, "test_return")
-        _, probe = median_curve(records, "probe_q")
         row = dict(method=method, env_steps_per_s=summary["env_steps_per_s"],
                    wall_s=summary["wall_s"], final_test=summary["final_test"],
                    drop_at_transition=transition_drop(wins, offline_win),
-                   steps_to={str(t): steps_to_threshold(steps, wins, t) for t in (0.4, 0.8)},
-                   curve=dict(t_env=steps.tolist(), median_win_rate=wins.tolist(),
-                              median_return=returns.tolist(), median_probe_q=probe.tolist()))
+                   steps_to={str(t): steps_to_threshold(curve["t_env"], wins, t)
+                             for t in (0.4, 0.8)},
+                   curve=dict(curve, median_return=returns.tolist()))
         out["runs"].append(row)
         print(f"{method}: final median win rate {row['final_test']['median_win_rate']:.3f}, "
               f"drop at transition {row['drop_at_transition']:.3f}, steps to 0.8 "
@@ -161,30 +161,10 @@ def measure_throughput(args, pre_dir: Path) -> None:
 
 
 def plot(out: dict, offline_win: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_win, ax_probe) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for row in out["runs"]:
-        c = row["curve"]
-        ax_win.plot(c["t_env"], c["median_win_rate"], lw=1.8, label=row["method"])
-        if c["median_probe_q"]:
-            ax_probe.plot(c["t_env"], c["median_probe_q"], lw=1.8, label=row["method"])
-    ax_win.axhline(offline_win, ls="--", color="black", lw=1, label="offline policy")
     data = out["pretrain"]["dataset"]
-    ax_win.set(xlabel="env steps", ylabel="median test win rate", ylim=(-0.02, 1.02),
-               title=f"fine-tuning on {Path(data['path']).parent.name} {data['quality']}, "
-                     f"median of {out['settings']['seeds']} seeds")
-    ax_probe.set(xlabel="env steps", ylabel="mean Q_tot on offline-policy episodes",
-                 title="unlearning probe (paper Fig. 1)")
-    for ax in (ax_win, ax_probe):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_finetune_curves({row["method"]: row["curve"] for row in out["runs"]}, offline_win,
+                         f"fine-tuning on {Path(data['path']).parent.name} {data['quality']}, "
+                         f"median of {out['settings']['seeds']} seeds", path)
 
 
 if __name__ == "__main__":

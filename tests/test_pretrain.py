@@ -14,7 +14,8 @@ from ovmse.config import CqlConfig, LearnerConfig, PretrainConfig
 from ovmse.envs import make_env
 from ovmse.errors import UserError
 from ovmse.runs import read_jsonl
-from ovmse.train.pretrain import FINAL_TEST_INDEX, load_pretrained, pretrain
+from ovmse.train.keys import FINAL_TEST_INDEX
+from ovmse.train.pretrain import load_pretrained, pretrain
 from ovmse.train.offline import OfflineTrainer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "3m"

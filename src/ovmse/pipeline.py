@@ -19,7 +19,7 @@ from pathlib import Path
 from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, PipelineConfig,
                           PretrainConfig, TrainConfig)
 from ovmse.methods import finetune_config
-from ovmse.plots import median_curve
+from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl, write_json
 from ovmse.stats import steps_to_threshold, transition_drop
 from ovmse.train.driver import train
@@ -81,29 +81,6 @@ def format_results(result: dict) -> str:
 
 
 def plot_pipeline(out: Path, methods: list[str], offline_win: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_win, ax_probe) = plt.subplots(1, 2, figsize=(11, 4))
-    for method in methods:
-        records = read_jsonl(out / method / "metrics.jsonl")
-        steps, wins = median_curve(records, "test_win_rate")
-        ax_win.plot(steps, wins, lw=2, label=method)
-        steps, probe = median_curve(records, "probe_q")
-        if len(steps):
-            ax_probe.plot(steps, probe, lw=2, label=method)
-    ax_win.axhline(offline_win, ls="--", color="black", lw=1, label="offline policy")
-    ax_win.set(xlabel="env steps", ylabel="median test win rate", ylim=(-0.02, 1.02),
-               title="fine-tuning from the same pre-trained networks")
-    ax_probe.set(xlabel="env steps", ylabel="mean Q_tot on offline-policy episodes",
-                 title="unlearning probe (paper Fig. 1)")
-    for ax in (ax_win, ax_probe):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    curves = {m: finetune_curves(read_jsonl(out / m / "metrics.jsonl")) for m in methods}
+    plot_finetune_curves(curves, offline_win, "fine-tuning from the same pre-trained networks",
+                         path)

@@ -64,3 +64,37 @@ def plot_learning_curve(records: list[dict], path: Path, title: str, x: str = "t
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_finetune_curves(curves: dict[str, dict], offline_win: float, title: str,
+                         path: Path) -> None:
+    """Two panels: median test win rate vs env steps per method, with the offline policy's win
+    rate dashed, and the unlearning probe (mean Q_tot on the offline policy's episodes).
+    curves: {method: {"t_env": [K], "median_win_rate": [K], "probe_t_env": [K'],
+    "median_probe_q": [K']}} (K' = 0 for a run without a probe)."""
+    fig, (ax_win, ax_probe) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for method, c in curves.items():
+        ax_win.plot(c["t_env"], c["median_win_rate"], lw=1.8, label=method)
+        if len(c["median_probe_q"]):
+            ax_probe.plot(c["probe_t_env"], c["median_probe_q"], lw=1.8, label=method)
+    ax_win.axhline(offline_win, ls="--", color="black", lw=1, label="offline policy")
+    ax_win.set(xlabel="env steps", ylabel="median test win rate", ylim=(-0.02, 1.02),
+               title=title)
+    ax_probe.set(xlabel="env steps", ylabel="mean Q_tot on offline-policy episodes",
+                 title="unlearning probe (paper Fig. 1)")
+    for ax in (ax_win, ax_probe):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def finetune_curves(records: list[dict]) -> dict:
+    """The median curves `plot_finetune_curves` draws, from one run's metrics records."""
+    steps, wins = median_curve(records, "test_win_rate")
+    probe_steps, probe = median_curve(records, "probe_q")
+    return dict(t_env=steps.tolist(), median_win_rate=wins.tolist(),
+                probe_t_env=probe_steps.tolist(), median_probe_q=probe.tolist())

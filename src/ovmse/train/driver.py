@@ -23,9 +23,9 @@ from ovmse.plots import plot_learning_curve
 from ovmse.runs import (load_checkpoint, new_run_dir, read_checkpoint_meta, read_json,
                         read_jsonl, save_checkpoint, write_json, write_jsonl)
 from ovmse.snapshots import save_policy_snapshot
+from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.online import ChunkStats, OnlineTrainer
 
-FINAL_TEST_INDEX = 1 << 30  # test-key index of the final test, apart from periodic tests'
 
 
 def chunk_ends(cfg: TrainConfig) -> list[int]:

@@ -22,6 +22,7 @@ from ovmse.evaluation import TestStats, greedy_test
 from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
                            make_networks, update_target)
 from ovmse.train.bucketing import unroll_lengths, update_all_seeds
+from ovmse.train.keys import seed_keys, test_keys
 
 
 class OfflineState(NamedTuple):
@@ -62,13 +63,10 @@ class OfflineTrainer:
                                 static_argnums=2)
 
     def seed_keys(self) -> jax.Array:
-        seeds = jnp.arange(self.cfg.seed, self.cfg.seed + self.cfg.num_seeds)
-        return jax.vmap(jax.random.PRNGKey)(seeds)
+        return seed_keys(self.cfg.seed, self.cfg.num_seeds)
 
     def test_keys(self, test_index: int) -> jax.Array:
-        """Keys of the `test_index`-th test, a stream apart from training's."""
-        return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), test_index))(
-            self.seed_keys())
+        return test_keys(self.cfg.seed, self.cfg.num_seeds, test_index)
 
     def _init_one(self, seed_key: jax.Array) -> OfflineState:
         key_params, key_run = jax.random.split(jax.random.fold_in(seed_key, 0))

@@ -36,6 +36,7 @@ from ovmse.learner import (LearnerState, OfflineMemory, UpdateMetrics, agent_q_v
                            init_learner, learner_update, make_networks, take, update_target)
 from ovmse.rollout import run_episodes
 from ovmse.train.bucketing import unroll_lengths, update_all_seeds
+from ovmse.train.keys import seed_keys, test_keys
 
 
 class TrainState(NamedTuple):
@@ -89,14 +90,10 @@ class OnlineTrainer:
                                 static_argnums=2)
 
     def seed_keys(self) -> jax.Array:
-        """[num_seeds] base keys, one per seed (seed, seed+1, ...)."""
-        seeds = jnp.arange(self.cfg.seed, self.cfg.seed + self.cfg.num_seeds)
-        return jax.vmap(jax.random.PRNGKey)(seeds)
+        return seed_keys(self.cfg.seed, self.cfg.num_seeds)
 
     def test_keys(self, test_index: int) -> jax.Array:
-        """Keys of the `test_index`-th test, a stream apart from training's."""
-        return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), test_index))(
-            self.seed_keys())
+        return test_keys(self.cfg.seed, self.cfg.num_seeds, test_index)
 
     def epsilon(self, t_env):
         x = self.cfg.explore

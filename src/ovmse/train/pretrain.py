@@ -30,11 +30,11 @@ from ovmse.learner import LearnerState, init_learner, make_networks
 from ovmse.plots import plot_learning_curve
 from ovmse.runs import (load_checkpoint, new_run_dir, read_checkpoint_meta, read_json,
                         read_jsonl, save_checkpoint, write_json, write_jsonl)
+from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
 
 CHECKPOINT_KIND = "offline-pretrain-state"
 CHECKPOINT_FILE = "checkpoint.npz"
-FINAL_TEST_INDEX = 1 << 30
 
 
 def dataset_fingerprint(meta: dict) -> str:
@@ -223,7 +223,7 @@ def load_pretrained(path: Path, spec: EnvSpec | None = None) -> tuple[LearnerSta
     def init_one(key):
         return OfflineState(init_learner(key, nets, cfg.learner), key)
 
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(cfg.num_seeds))
+    keys = seed_keys(cfg.seed, cfg.num_seeds)
     states, _ = load_checkpoint(ckpt, jax.eval_shape(jax.vmap(init_one), keys))
     return states.learner, meta
 
