@@ -14,7 +14,8 @@ process, so that fine-tuning's cost can be compared with QMIX's on the same mach
 Pre-training: MACQL (alpha 5, the defaults of `ovmse pretrain`) for --pretrain-steps gradient
 steps, all seeds vmapped; fine-tuning seed i starts from pre-training seed i. Each method is one
 `ovmse finetune` run with its seeds vmapped. Finished runs in --work-dir are reused, so an
-interrupted benchmark continues where it stopped. Writes benchmarks/results/finetune_<tag>.json
+interrupted benchmark continues where it stopped (an unfinished run resumes from its
+checkpoint). Writes benchmarks/results/finetune_<tag>.json
 and finetune_<tag>.png (median test win rate and the probe's mean Q_tot vs env steps).
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import jax
 
-from ovmse.config import FinetuneConfig, PretrainConfig, TrainConfig
+from ovmse.config import FinetuneConfig, PretrainConfig, TrainConfig, with_overrides
 from ovmse.methods import finetune_config
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl
@@ -59,6 +60,9 @@ def main() -> None:
     parser.add_argument("--tag", required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="fine-tuning config overrides, e.g. learner.memory.lam_anneal_steps="
+                             "50000 (JSON values)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--warmup-steps", type=int, default=20_000)
@@ -80,6 +84,7 @@ def main() -> None:
     base = TrainConfig(steps=args.steps, num_seeds=args.seeds, test_interval=args.test_interval,
                        finetune=FinetuneConfig(checkpoint=str(pre_dir),
                                                offline_ratio=args.offline_ratio))
+    base = with_overrides(base, parse_overrides(args.set))
     out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                             jax=jax.__version__, device=str(jax.devices()[0]),
                             date=time.strftime("%Y-%m-%d")),
@@ -89,8 +94,8 @@ def main() -> None:
                runs=[])
     for method in args.methods:
         run_dir = work / method
-        summary = finished(run_dir) or train(finetune_config(method, base), run_dir,
-                                             progress=args.progress)
+        summary = finished(run_dir) or run_method(finetune_config(method, base), run_dir,
+                                                  args.progress)
         records = read_jsonl(run_dir / "metrics.jsonl")
         curve = finetune_curves(records)
         wins = curve["median_win_rate"]
@@ -110,6 +115,26 @@ def main() -> None:
         stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
         plot(out, offline_win, stem.with_suffix(".png"))
     print(f"wrote {args.results_dir / f'finetune_{args.tag}'}.json and .png")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """{"a.b": value} from ["a.b=VALUE", ...], each VALUE read as JSON (a bare word as text)."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def run_method(cfg: TrainConfig, run_dir: Path, progress: bool) -> dict:
+    """Train one method's run, or resume it when an earlier benchmark left a checkpoint."""
+    resume = (run_dir / "checkpoint.npz").exists()
+    return train(cfg, run_dir, resume=resume, progress=progress)
 
 
 def measure_throughput(args, pre_dir: Path) -> None:

@@ -6,6 +6,7 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
     ovmse finetune ...               online fine-tuning: OVMSE and the baselines (methods.py)
     ovmse run ...                    the whole pipeline at small scale (pipeline.py)
     ovmse dataset build|collect|info|verify|mix ...   offline datasets (datasets/)
+    ovmse experiment run|report SPEC ...              the study (study/, experiments/)
 """
 
 from __future__ import annotations
@@ -320,16 +321,102 @@ class Dataset:
     """Make, inspect, verify and mix offline datasets (`ovmse dataset --help`)."""
 
 
+@dataclass(frozen=True)
+class ExperimentRun:
+    """Run every cell of an experiment spec (experiments/SPEC.toml) at a scale that is not in the
+    results folder yet; an interrupted study resumes where it stopped."""
+
+    spec: tyro.conf.Positional[str]
+    """Spec name (table1, fig1, fig2_fig3, fig4, table2) or path to a .toml file."""
+    scale: str = "cpu"
+    """cpu (a 2-core machine, hours) or paper (the paper's maps and budgets)."""
+    results: Path = Path("experiments/results")
+    """Result cache: one JSON per finished cell, shared by all specs."""
+    work_dir: Path = Path("runs/experiments")
+    """Run folders (checkpoints, metrics) of the cells."""
+    data_roots: tuple[Path, ...] = (Path("datasets"), Path("datasets-build"))
+    """Folders searched, in order, for the spec's map/quality datasets."""
+    executor: Literal["local", "ray"] = "local"
+    """local: cells one after the other in this process; ray: one Ray task per cell."""
+    address: str | None = None
+    """Ray cluster address ("auto", "ray://host:10001"); default: a local Ray instance."""
+    cpus_per_cell: float = 1.0
+    """Ray: CPUs reserved per cell."""
+    gpus_per_cell: float = 0.0
+    """Ray: GPUs reserved per cell (e.g. 1, or 0.25 to share a GPU)."""
+    tasks: tuple[str, ...] = ()
+    """Run only the cells of these map/quality tasks (default: all of the spec's)."""
+    methods: tuple[str, ...] = ()
+    """Run only the cells of these methods (default: all of the spec's)."""
+    dry_run: bool = False
+    """List the cells and whether each is cached; run nothing."""
+    progress: bool = True
+    """Show each local cell's progress bar."""
+
+
+def run_experiment(cmd: ExperimentRun) -> int:
+    from ovmse.study.executors import LocalExecutor, RayExecutor
+    from ovmse.study.runner import plan_cells, run_study, select
+    from ovmse.study.spec import load_spec
+    from ovmse.study.store import ResultStore
+
+    spec, store = load_spec(cmd.spec), ResultStore(cmd.results)
+    if cmd.dry_run:
+        plan = select(plan_cells(spec, cmd.scale, cmd.data_roots, need_data=False),
+                      cmd.tasks, cmd.methods)
+        for cell in plan.pretrain + plan.finetune:
+            print(f"{'cached ' if store.has(cell) else 'to run '} {cell.key}  {cell.name}")
+        return 0
+    executor = (LocalExecutor(progress=cmd.progress) if cmd.executor == "local" else
+                RayExecutor(cmd.address, cmd.cpus_per_cell, cmd.gpus_per_cell))
+    counts = run_study(spec, cmd.scale, store, cmd.work_dir, executor, cmd.data_roots,
+                       tasks=cmd.tasks, methods=cmd.methods)
+    print(f"{spec.name} ({cmd.scale}): ran {counts['ran']} cells, {counts['cached']} were cached; "
+          f"now `ovmse experiment report {cmd.spec} --scale {cmd.scale}`")
+    return 0
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    """Build an experiment's tables (Markdown) and figures (PNG) from its stored results alone."""
+
+    spec: tyro.conf.Positional[str]
+    """Spec name or path."""
+    scale: str = "cpu"
+    """Which scale's cells to report."""
+    results: Path = Path("experiments/results")
+    """Result cache written by `ovmse experiment run`."""
+    out: Path = Path("docs/results")
+    """Folder for <spec>-<scale>.md and its PNGs."""
+
+
+def run_experiment_report(cmd: ExperimentReport) -> int:
+    from ovmse.study.report import build_report
+    from ovmse.study.spec import load_spec
+    from ovmse.study.store import ResultStore
+
+    path = build_report(load_spec(cmd.spec), cmd.scale, ResultStore(cmd.results), cmd.out)
+    print(f"wrote {path}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Run the paper's experiments as cached cells and report them (`ovmse experiment --help`)."""
+
+
 Handler = Callable[[object], int]
 GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
     "": {"train": (Train, run_train), "pretrain": (Pretrain, run_pretrain),
          "finetune": (Finetune, run_finetune), "run": (Run, run_main_job),
-         "dataset": (Dataset, lambda cmd: 0)},
+         "dataset": (Dataset, lambda cmd: 0), "experiment": (Experiment, lambda cmd: 0)},
     "dataset": {"build": (DatasetBuild, run_dataset_build),
                 "collect": (DatasetCollect, run_dataset_collect),
                 "info": (DatasetInfo, run_dataset_info),
                 "verify": (DatasetVerify, run_dataset_verify),
                 "mix": (DatasetMix, run_dataset_mix)},
+    "experiment": {"run": (ExperimentRun, run_experiment),
+                   "report": (ExperimentReport, run_experiment_report)},
 }
 
 

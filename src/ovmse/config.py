@@ -352,3 +352,31 @@ def from_dict(cls: type, data: dict) -> Any:
         kwargs[name] = (from_dict(type(default), value)
                         if dataclasses.is_dataclass(default) else value)
     return cls(**kwargs)
+
+
+def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the config dataclass `cfg` with dotted-path fields replaced, e.g.
+    {"learner.memory.lam_anneal_steps": 50000}. A path that names no field, or a value whose
+    type differs from the field's (an int is accepted for a float), is an error."""
+    for path, value in overrides.items():
+        cfg = _replace_path(cfg, path.split("."), value, path)
+    return cfg
+
+
+def _replace_path(cfg: Any, names: list[str], value: Any, path: str) -> Any:
+    head = names[0]
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    _check(head in fields, f"config key {path!r}: {type(cfg).__name__} has no field {head!r}; "
+                           f"its fields are {sorted(fields)}")
+    current = getattr(cfg, head)
+    if len(names) > 1:
+        _check(dataclasses.is_dataclass(current),
+               f"config key {path!r}: {head!r} is a value, not a section")
+        return dataclasses.replace(cfg, **{head: _replace_path(current, names[1:], value, path)})
+    _check(not dataclasses.is_dataclass(current),
+           f"config key {path!r} names a section; give one of its fields")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    _check(type(value) is type(current),
+           f"config key {path!r} takes a {type(current).__name__}, got {value!r}")
+    return dataclasses.replace(cfg, **{head: value})

@@ -12,6 +12,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write atomically (PNG), close."""
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_panels(panels: list[dict], path: Path, title: str = "") -> None:
+    """One row of panels, each with one line per method.
+    panels: [{"title", "ylabel", "lines": {method: (steps [K], values [K])}, optional
+    "hline": (value, label), optional "ylim": (low, high)}]."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for method, (steps, values) in panel["lines"].items():
+            ax.plot(steps, values, lw=1.8, label=method)
+        if panel.get("hline"):
+            value, label = panel["hline"]
+            ax.axhline(value, ls="--", color="black", lw=1, label=label)
+        ax.set(xlabel="env steps", ylabel=panel["ylabel"], title=panel["title"])
+        if panel.get("ylim"):
+            ax.set_ylim(*panel["ylim"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
 def curves_by_seed(records: list[dict], key: str,
                    x: str = "t_env") -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{seed: (steps [K], values [K])} from metrics records, in step order; steps are the
@@ -58,12 +89,7 @@ def plot_learning_curve(records: list[dict], path: Path, title: str, x: str = "t
     axes[0].set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def plot_finetune_curves(curves: dict[str, dict], offline_win: float, title: str,
@@ -85,11 +111,7 @@ def plot_finetune_curves(curves: dict[str, dict], offline_win: float, title: str
     for ax in (ax_win, ax_probe):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def finetune_curves(records: list[dict]) -> dict:

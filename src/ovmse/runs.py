@@ -57,6 +57,10 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())

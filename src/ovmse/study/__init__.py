@@ -1,0 +1,1 @@
+"""The study: experiment specs, cells cached by config hash, executors, statistics, reports."""

@@ -1,0 +1,176 @@
+"""Cells: the unit of work of a study, one training run with its seeds vmapped.
+
+A `PretrainCell` pre-trains MACQL on one dataset; a `FinetuneCell` fine-tunes one method from a
+pre-trained cell (qmix only borrows the map and network sizes). Each cell has a key: the first
+16 hex digits of SHA-256 over its canonical JSON (every config value that can change its result,
+and the key of the cell it starts from), so that results are cached per cell and shared by every
+spec that needs the same run. Datasets enter keys by task name ("3m/medium"); the dataset's
+content fingerprint is stored with the pre-training result and checked before it is reused.
+
+`run_cell(cell, work_dir)` runs a cell into work_dir/<kind>/<key>/ (resuming an interrupted
+run from its checkpoint) and returns its result: a small JSON-able dict with the config, the
+final test and the per-seed curves, everything a report needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ovmse.config import PretrainConfig, TrainConfig, to_dict
+from ovmse.errors import UserError
+from ovmse.methods import finetune_config
+from ovmse.runs import read_json, read_jsonl
+
+KEY_VERSION = 1
+"""Bump when a code change alters the results of unchanged configs, to invalidate the cache."""
+CURVE_KEYS = ("test_win_rate", "test_return", "probe_q")
+
+
+def digest(obj: dict) -> str:
+    text = json.dumps(dict(obj, key_version=KEY_VERSION), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PretrainCell:
+    task: str
+    """"map/quality" dataset name."""
+    config: PretrainConfig
+    """Its `dataset` is the resolved folder (not part of the key)."""
+
+    @property
+    def key(self) -> str:
+        return digest(dict(kind="pretrain", task=self.task,
+                           config=to_dict(dataclasses.replace(self.config, dataset=""))))
+
+    @property
+    def name(self) -> str:
+        return f"pretrain-{self.task.replace('/', '-')}"
+
+
+@dataclass(frozen=True)
+class FinetuneCell:
+    task: str
+    method: str
+    base: TrainConfig
+    """Budget, tests, schedules, mixing ratio: the `base` of methods.finetune_config."""
+    pretrain: PretrainCell
+    cql_online: bool = False
+
+    @property
+    def key(self) -> str:
+        if self.method == "qmix":   # from scratch: only the map and sizes come from pre-training
+            start = dict(map=self.task.split("/")[0], network=to_dict(self.pretrain.config.network),
+                         reward_scale=self.pretrain.config.reward_scale)
+        else:
+            start = dict(pretrain=self.pretrain.key)
+        return digest(dict(kind="finetune", method=self.method, cql_online=self.cql_online,
+                           base=to_dict(self.base), start=start))
+
+    @property
+    def name(self) -> str:
+        where = self.task.split("/")[0] if self.method == "qmix" else self.task.replace("/", "-")
+        ratio = self.base.finetune.offline_ratio
+        return f"{where}-{self.method}" + (f"-mix{ratio:g}" if ratio else "")
+
+
+Cell = PretrainCell | FinetuneCell
+
+
+def cell_dir(cell: Cell, work_dir: Path) -> Path:
+    kind = "pretrain" if isinstance(cell, PretrainCell) else "finetune"
+    return Path(work_dir) / kind / f"{cell.name}-{cell.key}"
+
+
+def run_cell(cell: Cell, work_dir: Path, progress: bool = False) -> dict:
+    """Run (or resume, or read back) one cell and return its result dict."""
+    if isinstance(cell, PretrainCell):
+        return _run_pretrain(cell, Path(work_dir), progress)
+    return _run_finetune(cell, Path(work_dir), progress)
+
+
+def _fresh_or_resumable(run_dir: Path) -> bool:
+    """True if run_dir holds an interrupted run to resume; clears a run that died before its
+    first checkpoint (the folder is this cell's own)."""
+    if (run_dir / "checkpoint.npz").exists():
+        return True
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return False
+
+
+def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool) -> dict:
+    from ovmse.train.pretrain import pretrain
+
+    run_dir = cell_dir(cell, work_dir)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary = read_json(summary_path)
+    else:
+        summary = pretrain(cell.config, run_dir, resume=_fresh_or_resumable(run_dir),
+                           progress=progress)
+    config = read_json(run_dir / "config.json")
+    del config["dataset"]
+    return dict(kind="pretrain", key=cell.key, name=cell.name, task=cell.task,
+                config=config, dataset=summary["dataset"] | dict(path=None),
+                dataset_fingerprint=data_fingerprint(cell.config.dataset),
+                final_test=summary["final_test"], wall_s=summary["wall_s"],
+                curves=_curves(read_jsonl(run_dir / "metrics.jsonl"), "updates",
+                               ("test_win_rate", "test_return")))
+
+
+def pretrained_run(cell: PretrainCell, work_dir: Path) -> Path:
+    """The finished pre-training run folder of `cell` (UserError if it is not there)."""
+    run_dir = cell_dir(cell, work_dir)
+    if not (run_dir / "summary.json").exists():
+        raise UserError(f"pre-training cell {cell.name} has no finished run in {run_dir}; "
+                        f"run the study's pre-training cells first")
+    return run_dir
+
+
+def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool) -> dict:
+    from ovmse.train.driver import train
+
+    base = dataclasses.replace(cell.base, finetune=dataclasses.replace(
+        cell.base.finetune, checkpoint=str(pretrained_run(cell.pretrain, work_dir))))
+    cfg = finetune_config(cell.method, base, cell.cql_online)
+    run_dir = cell_dir(cell, work_dir)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary = read_json(summary_path)
+    else:
+        summary = train(cfg, run_dir, resume=_fresh_or_resumable(run_dir), progress=progress)
+    config = to_dict(cfg)
+    config["finetune"]["checkpoint"] = config["finetune"]["dataset"] = None
+    return dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,
+                method=cell.method, cql_online=cell.cql_online,
+                offline_ratio=cell.base.finetune.offline_ratio,
+                pretrain_key=None if cell.method == "qmix" else cell.pretrain.key,
+                config=config, final_test=summary["final_test"], wall_s=summary["wall_s"],
+                env_steps_per_s=summary["env_steps_per_s"],
+                curves=_curves(read_jsonl(run_dir / "metrics.jsonl"), "t_env", CURVE_KEYS))
+
+
+def _curves(records: list[dict], x: str, keys: tuple[str, ...]) -> dict:
+    """{seed: {x: [K], key: [K] ...}} in step order, from metrics records (tests only)."""
+    out: dict[str, dict] = {}
+    for r in sorted(records, key=lambda r: (r["seed"], r[x])):
+        if r.get("test_win_rate") is None:
+            continue
+        seed = out.setdefault(str(r["seed"]), {x: [], **{k: [] for k in keys}})
+        seed[x].append(r[x])
+        for k in keys:
+            seed[k].append(r.get(k))
+    return out
+
+
+def data_fingerprint(dataset: str) -> str:
+    from ovmse.datasets.store import read_metadata
+    from ovmse.train.pretrain import dataset_fingerprint
+
+    return dataset_fingerprint(read_metadata(Path(dataset)))

@@ -1,0 +1,220 @@
+"""`ovmse experiment report`: a spec's tables (Markdown) and figures (PNG), built from the
+stored cell results alone (no dataset, checkpoint or run folder is read).
+
+Statistics per (task, method), over the seeds of its cell:
+  final median      median of the per-seed final greedy win rates (640 episodes each), the
+                    paper's Table 1 statistic
+  IQM [95% CI]      interquartile mean with a stratified percentile bootstrap interval
+                    (stats.interquartile_mean, stats.bootstrap_ci; rliable's method)
+  drop              offline win rate minus the lowest median test win rate in the first 10% of
+                    fine-tuning (stats.transition_drop)
+  steps to X        first env step at which the median test win rate reaches X
+                    (stats.steps_to_threshold)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ovmse.plots import plot_panels
+from ovmse.runs import write_text
+from ovmse.stats import bootstrap_ci, interquartile_mean, steps_to_threshold, transition_drop
+from ovmse.study.runner import plan_cells
+from ovmse.study.spec import Scale, Spec, task_map
+from ovmse.study.store import ResultStore
+
+THRESHOLDS = (0.4, 0.8)
+
+
+def build_report(spec: Spec, scale_name: str, store: ResultStore, out_dir: Path) -> Path:
+    """Write out_dir/<spec>-<scale>.md and its PNGs; return the Markdown file's path. Cells
+    without a stored result are listed as missing and left out of tables and figures."""
+    scale = spec.scale(scale_name)
+    plan = plan_cells(spec, scale_name, need_data=False)
+    results = {c.key: store.load(c) for c in plan.pretrain + plan.finetune if store.has(c)}
+    stem = f"{spec.name}-{scale_name}"
+    out_dir = Path(out_dir)
+    lines = [f"# {spec.title} (paper's {spec.paper}), SMAX, `{scale_name}` scale", "",
+             f"Regenerate: `ovmse experiment run {spec.name} --scale {scale_name}`, then "
+             f"`ovmse experiment report {spec.name} --scale {scale_name}`.", "",
+             _scale_text(scale), ""]
+    missing = [c.name for c in plan.pretrain + plan.finetune if c.key not in results]
+    if missing:
+        lines += [f"**Not run yet ({len(missing)} cells):** {', '.join(missing)}.", ""]
+    section = {"final_table": _final_table, "curves": _curves_section, "probe": _probe_section,
+               "mixing": _mixing_section}[spec.report]
+    lines += section(plan, results, scale, out_dir, stem)
+    if spec.paper_values:
+        lines += ["", f"The paper's numbers (SC2, not SMAX; quoted from its {spec.paper}):", "",
+                  *_markdown_table(spec.paper_values["columns"], spec.paper_values["rows"])]
+    path = out_dir / f"{stem}.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _scale_text(scale: Scale) -> str:
+    steps = ", ".join(f"{m} {scale.steps[m]:,}" for m in scale.maps)
+    text = (f"Scale: {scale.seeds} seeds per cell; fine-tuning env steps: {steps}; MACQL "
+            f"pre-training {scale.pretrain_steps:,} gradient steps")
+    if scale.settings:
+        text += "; settings " + ", ".join(f"`{k}={v}`" for k, v in scale.settings.items())
+    if scale.cql_online:
+        text += f"; ovmse keeps CQL online on {', '.join(scale.cql_online)}"
+    return text + "."
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    return (["| " + " | ".join(map(str, header)) + " |",
+             "|" + "---|" * len(header)]
+            + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def seed_curves(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [S, K], values [S, K]) of a result's per-seed test curves, cut to the shortest."""
+    curves = [result["curves"][seed] for seed in sorted(result["curves"], key=int)]
+    length = min(len(c["t_env"]) for c in curves)
+    steps = np.array([c["t_env"][:length] for c in curves], float)
+    values = np.array([[np.nan if v is None else v for v in c[key][:length]] for c in curves],
+                      float)
+    return steps, values
+
+
+def _by_task(plan, results) -> dict[str, dict[str, dict]]:
+    """{task: {method label: result}} for the stored fine-tuning results of the plan."""
+    out: dict[str, dict[str, dict]] = {t: {} for t in dict.fromkeys(c.task for c in
+                                                                       plan.finetune)}
+    for cell in plan.finetune:
+        if cell.key in results:
+            label = cell.method + (f" mix {cell.base.finetune.offline_ratio:g}"
+                                   if cell.base.finetune.offline_ratio else "")
+            for task in out:
+                if task == cell.task or (cell.method == "qmix"
+                                         and task_map(task) == task_map(cell.task)):
+                    out[task][label] = results[cell.key]
+    return out
+
+
+def _offline_win(plan, results, task: str) -> float | None:
+    cell = next(c for c in plan.pretrain if c.task == task)
+    return results[cell.key]["final_test"]["median_win_rate"] if cell.key in results else None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _iqm_ci(scores) -> str:
+    low, high = bootstrap_ci(np.asarray(scores))
+    return f"{interquartile_mean(scores):.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
+    by_task = _by_task(plan, results)
+    methods = list(scale.methods)
+    median_rows, iqm_rows = [], []
+    for task, runs in by_task.items():
+        offline = _fmt(_offline_win(plan, results, task))
+        median_rows.append([task, offline] + [
+            _fmt(runs[m]["final_test"]["median_win_rate"]) if m in runs else "-"
+            for m in methods])
+        iqm_rows.append([task] + [_iqm_ci(runs[m]["final_test"]["win_rate"]) if m in runs
+                                  else "-" for m in methods])
+    aggregate = ["all tasks"]
+    for m in methods:
+        if all(m in runs for runs in by_task.values()):
+            scores = np.array([runs[m]["final_test"]["win_rate"] for runs in by_task.values()]).T
+            aggregate.append(_iqm_ci(scores))
+        else:
+            aggregate.append("-")
+    iqm_rows.append(aggregate)
+    return (["Final median win rate over seeds (the paper's statistic; 640 greedy episodes per "
+             "seed); `offline` is the pre-trained policy's:", "",
+             *_markdown_table(["task", "offline"] + methods, median_rows), "",
+             "Interquartile mean over seeds of the final win rate [95% stratified bootstrap "
+             "interval]; the last row pools all tasks:", "",
+             *_markdown_table(["task"] + methods, iqm_rows)])
+
+
+def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
+    lines = []
+    for task, runs in _by_task(plan, results).items():
+        if not runs:
+            continue
+        offline = _offline_win(plan, results, task)
+        win_lines, return_lines, rows = {}, {}, []
+        for label, result in runs.items():
+            steps, wins = seed_curves(result, "test_win_rate")
+            _, returns = seed_curves(result, "test_return")
+            t, median_win = np.median(steps, 0), np.median(wins, 0)
+            win_lines[label] = (t, median_win)
+            return_lines[label] = (t, returns.mean(0))
+            final = result["final_test"]
+            drop = (transition_drop(median_win, offline)
+                    if offline is not None and result["method"] != "qmix" else None)
+            rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
+                         _fmt(drop)] + [_steps(steps_to_threshold(t, median_win, x))
+                                        for x in THRESHOLDS])
+        figure = f"{stem}-{task.replace('/', '-')}.png"
+        hline = (offline, "offline policy") if offline is not None else None
+        plot_panels([dict(title=f"{task}: median test win rate", ylabel="test win rate",
+                          lines=win_lines, hline=hline, ylim=(-0.02, 1.02)),
+                     dict(title=f"{task}: mean test return", ylabel="test return (0-20)",
+                          lines=return_lines)], out_dir / figure)
+        lines += [f"## {task}", "", f"![{task}]({figure})", "",
+                  *_markdown_table(["method", "final median", "final IQM [95% CI]", "drop",
+                                    *[f"steps to {x:g}" for x in THRESHOLDS]], rows), ""]
+    return lines
+
+
+def _steps(step: float | None) -> str:
+    return "not reached" if step is None else f"{step:,.0f}"
+
+
+def _probe_section(plan, results, scale, out_dir, stem) -> list[str]:
+    lines = []
+    for task, runs in _by_task(plan, results).items():
+        probe_lines, rows = {}, []
+        for label, result in runs.items():
+            if result["method"] == "qmix":
+                continue
+            steps, probe = seed_curves(result, "probe_q")
+            t, median_probe = np.median(steps, 0), np.median(probe, 0)
+            probe_lines[label] = (t, median_probe)
+            low = int(np.argmin(median_probe))
+            rows.append([label, _fmt(median_probe[0], 2),
+                         f"{median_probe[low]:.2f} at {t[low]:,.0f}", _fmt(median_probe[-1], 2)])
+        if not probe_lines:
+            continue
+        figure = f"{stem}-{task.replace('/', '-')}.png"
+        plot_panels([dict(title=f"{task}: unlearning probe", lines=probe_lines,
+                          ylabel="median Q_tot on offline-policy episodes")], out_dir / figure)
+        lines += [f"## {task}", "", f"![{task}]({figure})", "",
+                  *_markdown_table(["method", "probe Q_tot at start", "lowest", "end"], rows),
+                  ""]
+    return lines
+
+
+def _mixing_section(plan, results, scale, out_dir, stem) -> list[str]:
+    budget = scale.budget_step
+    header = ["task"] + [f"ratio {r:g}" for r in scale.offline_ratios]
+    rows = []
+    for task in dict.fromkeys(c.task for c in plan.finetune):
+        row = [task]
+        for ratio in scale.offline_ratios:
+            cell = next((c for c in plan.finetune if c.task == task and c.method != "qmix"
+                         and c.base.finetune.offline_ratio == ratio), None)
+            if cell is None or cell.key not in results:
+                row.append("-")
+                continue
+            steps, returns = seed_curves(results[cell.key], "test_return")
+            at = [r[np.flatnonzero(s <= budget)[-1]] for s, r in zip(steps, returns)]
+            low, high = bootstrap_ci(np.array(at), statistic=np.mean)
+            row.append(f"{np.mean(at):.2f} [{low:.2f}, {high:.2f}]")
+        rows.append(row)
+    return [f"Mean test return over seeds at {budget:,} env steps (the last test at or before "
+            f"it) [95% bootstrap interval of the mean], by offline mixing ratio:", "",
+            *_markdown_table(header, rows)]
+

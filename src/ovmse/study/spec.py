@@ -1,0 +1,156 @@
+"""Experiment specs: one TOML file per paper artefact under experiments/, read into a `Spec`.
+
+A spec names the report it feeds (`report`: final_table, probe, curves, mixing) and, per scale
+(`cpu`, `paper`), the grid of cells to run: tasks ("map/quality" datasets) x methods x offline
+mixing ratios, with the budget and settings every cell of that scale shares. `include` names a
+file (relative to the spec) whose tables are merged under the spec's own, so that the specs of
+one study share one set of scale settings and therefore one cache of cells:
+
+    name = "table1"
+    title = "Final median win rate after fine-tuning"
+    paper = "Table 1"
+    report = "final_table"
+    include = "common.toml"
+
+    [scale.cpu]
+    tasks = ["3m/medium", "2s3z/medium"]
+    methods = ["ovmse", "switch-cql", "qmix"]
+
+Scale keys (all but tasks and methods may come from the included file):
+  tasks, methods          the grid; qmix ignores the dataset and runs once per map
+  offline_ratios          mixing ratios of the grid (default [0.0])
+  seeds                   seeds per cell, vmapped in one program
+  steps                   {map: env steps of fine-tuning}
+  test_interval           {map: env steps between greedy tests}
+  pretrain_steps          gradient steps of MACQL pre-training
+  cql_online              maps where ovmse keeps the CQL term online (the paper: 2s3z)
+  settings                dotted TrainConfig overrides for every fine-tuning cell
+  map_settings            {map: dotted TrainConfig overrides} on top of `settings`
+  pretrain_settings       dotted PretrainConfig overrides
+  budget_step             env step at which the mixing report reads the test return
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ovmse.errors import UserError
+from ovmse.methods import METHODS
+
+REPORTS = ("final_table", "probe", "curves", "mixing")
+EXPERIMENTS_DIR = Path("experiments")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The grid and shared settings of one scale of a spec."""
+
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: int
+    steps: dict[str, int]
+    test_interval: dict[str, int]
+    pretrain_steps: int
+    offline_ratios: tuple[float, ...] = (0.0,)
+    cql_online: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+    map_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pretrain_settings: dict[str, Any] = field(default_factory=dict)
+    budget_step: int | None = None
+
+    @property
+    def maps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(task_map(t) for t in self.tasks))
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    title: str
+    paper: str
+    """The paper's artefact this reproduces (e.g. "Table 1")."""
+    report: str
+    scales: dict[str, Scale]
+    paper_values: dict[str, Any] = field(default_factory=dict)
+    """The paper's SC2 numbers for the artefact, quoted in the report as the paper's."""
+    path: Path = Path()
+
+    def scale(self, name: str) -> Scale:
+        if name not in self.scales:
+            raise UserError(f"spec {self.name} has no scale {name!r}; it has "
+                            f"{', '.join(self.scales)}")
+        return self.scales[name]
+
+
+def task_map(task: str) -> str:
+    """The map of a "map/quality" task name."""
+    return task.split("/")[0]
+
+
+def spec_path(name_or_path: str) -> Path:
+    """experiments/<name>.toml for a bare name, else the path itself."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml") if p.stem != "common")
+        raise UserError(f"no experiment spec {path}; known specs: {', '.join(known) or 'none'}")
+    return path
+
+
+def load_spec(name_or_path: str) -> Spec:
+    """Read and check a spec (see the module docstring for its keys)."""
+    path = spec_path(name_or_path)
+    raw = _read_toml(path)
+    if "include" in raw:
+        raw = _merge(_read_toml(path.parent / raw.pop("include")), raw)
+    for key in ("name", "title", "paper", "report", "scale"):
+        if key not in raw:
+            raise UserError(f"spec {path} lacks the key {key!r}")
+    if raw["report"] not in REPORTS:
+        raise UserError(f"spec {path}: report {raw['report']!r} is not one of {REPORTS}")
+    scales = {name: _scale(path, name, table) for name, table in raw["scale"].items()}
+    return Spec(name=raw["name"], title=raw["title"], paper=raw["paper"], report=raw["report"],
+                scales=scales, paper_values=raw.get("paper_values", {}), path=path)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise UserError(f"cannot read experiment spec {path}: {err}") from None
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (_merge(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else value)
+    return out
+
+
+def _scale(path: Path, name: str, table: dict) -> Scale:
+    where = f"spec {path}, scale {name}"
+    fields = {f.name for f in dataclasses.fields(Scale)}
+    unknown = set(table) - fields
+    if unknown:
+        raise UserError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+    missing = {"tasks", "methods", "seeds", "steps", "test_interval", "pretrain_steps"} - set(table)
+    if missing:
+        raise UserError(f"{where}: missing keys {sorted(missing)}")
+    scale = Scale(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+    bad = [m for m in scale.methods if m not in METHODS]
+    if bad:
+        raise UserError(f"{where}: unknown methods {bad}; known: {', '.join(METHODS)}")
+    for task in scale.tasks:
+        if task.count("/") != 1:
+            raise UserError(f"{where}: task {task!r} is not of the form map/quality")
+    for key in ("steps", "test_interval"):
+        lacking = [m for m in scale.maps if m not in getattr(scale, key)]
+        if lacking:
+            raise UserError(f"{where}: {key} has no value for maps {lacking}")
+    return scale

@@ -1,0 +1,340 @@
+"""The study: specs, cache keys, resuming between cells, reports from stored results, and the
+Ray executor against the in-process one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ovmse.cli import main
+from ovmse.config import PretrainConfig, TrainConfig, to_dict, with_overrides
+from ovmse.errors import UserError
+from ovmse.study import executors
+from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir
+from ovmse.study.executors import LocalExecutor
+from ovmse.study.report import build_report
+from ovmse.study.runner import plan_cells, run_study, select
+from ovmse.study.spec import load_spec
+from ovmse.study.store import ResultStore
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "datasets"
+SPECS = ("table1", "fig1", "fig2_fig3", "fig4", "table2")
+
+TOY_SPEC = """
+name = "toy"
+title = "Toy study"
+paper = "Table 1"
+report = "{report}"
+
+[scale.cpu]
+tasks = {tasks}
+methods = {methods}
+offline_ratios = {ratios}
+budget_step = 300
+seeds = 2
+pretrain_steps = 2
+steps = {{ "3m" = 400 }}
+test_interval = {{ "3m" = 200 }}
+
+[scale.cpu.settings]
+num_envs = 4
+test_episodes = 4
+final_test_episodes = 8
+checkpoint_interval = 200
+"learner.batch_size" = 8
+"learner.buffer_size" = 32
+"learner.length_buckets" = 2
+"learner.memory.lam_anneal_steps" = 300
+"finetune.probe_episodes" = 4
+
+[scale.cpu.pretrain_settings]
+test_interval = 1
+test_episodes = 4
+final_test_episodes = 4
+"learner.batch_size" = 8
+"learner.length_buckets" = 2
+"learner.cql.num_samples" = 4
+"network.agent_hidden_dim" = 16
+"network.mixer_embed_dim" = 8
+"network.hypernet_hidden_dim" = 16
+"""
+
+
+def toy_spec(tmp_path: Path, report="final_table", tasks=("3m/medium",),
+             methods=("ovmse", "qmix"), ratios=(0.0,)):
+    path = tmp_path / f"toy-{report}.toml"
+    path.write_text(TOY_SPEC.format(report=report, tasks=json.dumps(list(tasks)),
+                                    methods=json.dumps(list(methods)),
+                                    ratios=json.dumps(list(ratios))))
+    return load_spec(str(path))
+
+
+# --- specs -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_shipped_spec_expands_at_both_scales(name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = load_spec(name)
+    for scale in ("cpu", "paper"):
+        plan = plan_cells(spec, scale, need_data=False)
+        assert plan.pretrain and plan.finetune
+        assert len({c.key for c in plan.finetune}) == len(plan.finetune)
+
+
+def test_specs_of_one_study_share_their_cells(monkeypatch):
+    monkeypatch.chdir(REPO)
+    table1 = {c.key for c in plan_cells(load_spec("table1"), "cpu", need_data=False).finetune}
+    curves = {c.key for c in plan_cells(load_spec("fig2_fig3"), "cpu", need_data=False).finetune}
+    assert table1 == curves
+
+
+def test_qmix_runs_once_per_map_whatever_the_dataset(tmp_path):
+    spec = toy_spec(tmp_path, tasks=("3m/medium", "3m/expert"), methods=("ovmse", "qmix"))
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    assert sorted(c.name for c in plan.finetune) == ["3m-expert-ovmse", "3m-medium-ovmse",
+                                                     "3m-qmix"]
+    assert len(plan.pretrain) == 2
+
+
+def test_spec_errors_name_the_problem(tmp_path):
+    with pytest.raises(UserError, match="unknown methods"):
+        toy_spec(tmp_path, methods=("ovmse", "dqn"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TOY_SPEC.format(report="final_table", tasks='["2s3z/medium"]',
+                                   methods='["ovmse"]', ratios="[0.0]"))
+    with pytest.raises(UserError, match=r"steps has no value for maps \['2s3z'\]"):
+        load_spec(str(bad))
+    with pytest.raises(UserError, match="no experiment spec"):
+        load_spec(str(tmp_path / "missing.toml"))
+    spec = toy_spec(tmp_path, tasks=("3m/nonesuch",))
+    with pytest.raises(UserError, match="ovmse dataset build --map 3m"):
+        plan_cells(spec, "cpu", (SHIPPED,))
+    with pytest.raises(UserError, match="has no scale 'huge'"):
+        plan_cells(spec, "huge", (SHIPPED,))
+
+
+def test_selecting_tasks_and_methods_keeps_their_starts(tmp_path):
+    spec = toy_spec(tmp_path, tasks=("3m/medium", "3m/expert"), methods=("ovmse", "se", "qmix"))
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    part = select(plan, tasks=("3m/expert",), methods=("se", "qmix"))
+    assert sorted(c.name for c in part.finetune) == ["3m-expert-se", "3m-qmix"]
+    assert [c.name for c in part.pretrain] == ["pretrain-3m-medium", "pretrain-3m-expert"]
+    assert [c.name for c in select(plan, tasks=("3m/expert",), methods=("se",)).pretrain] == [
+        "pretrain-3m-expert"]
+    with pytest.raises(UserError, match=r"methods \['dqn'\] are not in this spec"):
+        select(plan, methods=("dqn",))
+
+
+# --- cache keys ------------------------------------------------------------------------------
+
+def leaves(cfg) -> list[str]:
+    def walk(d, prefix):
+        for k, v in d.items():
+            yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return list(walk(to_dict(cfg), ""))
+
+
+def changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return value + "-other"
+
+
+def get(cfg, path):
+    for name in path.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def toy_cells():
+    pre = PretrainCell("3m/medium", PretrainConfig(dataset="datasets/3m/medium"))
+    return pre, FinetuneCell("3m/medium", "ovmse", TrainConfig(), pre)
+
+
+def test_cache_key_changes_with_every_finetune_config_value():
+    pre, cell = toy_cells()
+    keys = {cell.key}
+    for path in leaves(cell.base):
+        other = dataclasses.replace(cell, base=with_overrides(
+            cell.base, {path: changed(get(cell.base, path))}))
+        keys.add(other.key)
+    assert len(keys) == len(leaves(cell.base)) + 1
+    assert dataclasses.replace(cell, method="se").key != cell.key
+    assert dataclasses.replace(cell, cql_online=True).key != cell.key
+
+
+def test_cache_key_changes_with_every_pretrain_value_and_follows_into_finetuning():
+    pre, cell = toy_cells()
+    fields = [p for p in leaves(pre.config) if p != "dataset"]
+    keys, finetune_keys = {pre.key}, {cell.key}
+    for path in fields:
+        other = PretrainCell(pre.task, with_overrides(pre.config,
+                                                      {path: changed(get(pre.config, path))}))
+        keys.add(other.key)
+        finetune_keys.add(dataclasses.replace(cell, pretrain=other).key)
+    assert len(keys) == len(fields) + 1 == len(finetune_keys)
+    assert PretrainCell("3m/expert", pre.config).key != pre.key
+
+
+def test_cache_key_is_stable_and_ignores_where_the_data_lives():
+    pre, cell = toy_cells()
+    same = PretrainCell("3m/medium", PretrainConfig(dataset="/elsewhere/3m/medium"))
+    assert same.key == pre.key
+    assert FinetuneCell("3m/medium", "ovmse", TrainConfig(), same).key == cell.key
+    assert len(pre.key) == 16 and int(pre.key, 16) >= 0
+
+
+def test_qmix_key_ignores_the_pretraining_but_not_the_map_or_network():
+    pre, _ = toy_cells()
+    qmix = FinetuneCell("3m/medium", "qmix", TrainConfig(), pre)
+    longer = PretrainCell("3m/expert", dataclasses.replace(pre.config, steps=9))
+    assert FinetuneCell("3m/expert", "qmix", TrainConfig(), longer).key == qmix.key
+    wider = PretrainCell("3m/medium", with_overrides(pre.config,
+                                                     {"network.agent_hidden_dim": 32}))
+    assert FinetuneCell("3m/medium", "qmix", TrainConfig(), wider).key != qmix.key
+    assert FinetuneCell("2s3z/medium", "qmix", TrainConfig(), pre).key != qmix.key
+
+
+# --- runner: cache and resume ----------------------------------------------------------------
+
+def fake_result(cell) -> dict:
+    kind = "pretrain" if isinstance(cell, PretrainCell) else "finetune"
+    return dict(kind=kind, key=cell.key, name=cell.name, task=cell.task,
+                final_test=dict(median_win_rate=0.5, win_rate=[0.4, 0.6]), wall_s=1.0,
+                dataset_fingerprint="f")
+
+
+def test_an_interrupted_study_resumes_without_redoing_finished_cells(tmp_path, monkeypatch):
+    spec = toy_spec(tmp_path, methods=("ovmse", "se", "switch-cql"))
+    store, work = ResultStore(tmp_path / "results"), tmp_path / "work"
+    calls = []
+
+    def fake_run(cell, work_dir, progress=False):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(cell.name)
+        run_dir = cell_dir(cell, work_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text("{}")
+        return fake_result(cell)
+
+    monkeypatch.setattr(executors, "run_cell", fake_run)
+    monkeypatch.setattr("ovmse.study.runner.data_fingerprint", lambda path: "f")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,), log=lambda s: None)
+    assert calls == ["pretrain-3m-medium", "3m-medium-ovmse"]
+    assert sorted(p.name.split("-")[-2] for p in store.root.iterdir()) == ["medium", "ovmse"]
+
+    calls.clear()
+    counts = run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,),
+                       log=lambda s: None)
+    assert calls == ["3m-medium-se", "3m-medium-switch-cql"]
+    assert counts == dict(cached=2, ran=2)
+    calls.clear()
+    assert run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,),
+                     log=lambda s: None) == dict(cached=4, ran=0)
+    assert calls == []
+
+
+def test_changed_dataset_is_refused_before_reusing_results(tmp_path, monkeypatch):
+    spec = toy_spec(tmp_path)
+    store = ResultStore(tmp_path / "results")
+    pre = plan_cells(spec, "cpu", (SHIPPED,)).pretrain[0]
+    store.save(pre, dict(fake_result(pre), dataset_fingerprint="not-this-data"))
+    with pytest.raises(UserError, match="is not the data pretrain-3m-medium was computed on"):
+        run_study(spec, "cpu", store, tmp_path / "work", LocalExecutor(), (SHIPPED,),
+                  log=lambda s: None)
+
+
+# --- report from a fake results folder -------------------------------------------------------
+
+def fake_finetune(cell, final, wins, probe):
+    steps = [0, 200, 400]
+    curves = {str(s): dict(t_env=steps, test_win_rate=list(wins), test_return=[10 * w for w in
+                                                                                wins],
+                           probe_q=list(probe)) for s in range(2)}
+    return dict(fake_result(cell), method=cell.method, curves=curves,
+                final_test=dict(median_win_rate=float(np.median(final)), win_rate=final))
+
+
+def fake_results_folder(spec, root: Path) -> ResultStore:
+    store = ResultStore(root)
+    plan = plan_cells(spec, "cpu", need_data=False)
+    for pre in plan.pretrain:
+        store.save(pre, dict(fake_result(pre), final_test=dict(median_win_rate=0.5,
+                                                               win_rate=[0.5, 0.5])))
+    for i, cell in enumerate(plan.finetune):
+        store.save(cell, fake_finetune(cell, [0.6 + 0.1 * i, 0.8 + 0.1 * i],
+                                       [0.5, 0.1 * i, 0.9], [10.0, 8.0 - i, 9.0]))
+    return store
+
+
+def test_final_table_report_from_stored_results(tmp_path):
+    spec = toy_spec(tmp_path, methods=("ovmse", "qmix"))
+    store = fake_results_folder(spec, tmp_path / "results")
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    assert "| 3m/medium | 0.500 | 0.700 | 0.800 |" in text
+    assert "Not run yet" not in text
+    assert "| all tasks | 0.700 [0.600, 0.800] | 0.800 [0.700, 0.900] |" in text
+
+
+def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
+    spec = toy_spec(tmp_path, report="curves", methods=("ovmse", "se"))
+    store = fake_results_folder(spec, tmp_path / "results")
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    # ovmse: median win 0.5, 0.0, 0.9 -> drop 0.5 - 0.0 over the first two tests; 0.4 at 0
+    assert "| ovmse | 0.700 | 0.700 [0.600, 0.800] | 0.500 | 0 | 400 |" in text
+    assert (tmp_path / "out" / "toy-cpu-3m-medium.png").stat().st_size > 10_000
+
+
+def test_probe_and_mixing_reports_and_missing_cells(tmp_path):
+    spec = toy_spec(tmp_path, report="probe", methods=("ovmse", "switch-cql"))
+    store = fake_results_folder(spec, tmp_path / "results")
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    assert "| switch-cql | 10.00 | 7.00 at 200 | 9.00 |" in text
+    mixing = toy_spec(tmp_path, report="mixing", methods=("ovmse",), ratios=(0.0, 0.1))
+    store = fake_results_folder(mixing, tmp_path / "mixing")
+    missing = plan_cells(mixing, "cpu", need_data=False).finetune[1]
+    store.path(missing).unlink()
+    text = build_report(mixing, "cpu", store, tmp_path / "out").read_text()
+    assert "**Not run yet (1 cells):** 3m-medium-ovmse-mix0.1." in text
+    assert "| 3m/medium | 0.00 [0.00, 0.00] | - |" in text  # return at step 200
+
+
+def test_report_cli_writes_markdown(tmp_path, capsys):
+    spec = toy_spec(tmp_path)
+    fake_results_folder(spec, tmp_path / "results")
+    assert main(["experiment", "report", str(spec.path), "--results", str(tmp_path / "results"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "toy-cpu.md").exists()
+    assert main(["experiment", "run", "nonesuch"]) == 2
+    assert "no experiment spec" in capsys.readouterr().err
+
+
+# --- real cells: in-process and Ray give the same results ------------------------------------
+
+def comparable(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "wall_s"}
+
+
+def test_ray_executor_matches_the_in_process_one(tmp_path):
+    ray = pytest.importorskip("ray")
+    spec = toy_spec(tmp_path, tasks=("3m/medium", "3m/expert"), methods=())
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    local = dict(LocalExecutor(progress=False).run(plan.pretrain, tmp_path / "local"))
+    try:
+        remote = executors.RayExecutor(init_options=dict(num_cpus=2, include_dashboard=False))
+        by_ray = dict(remote.run(plan.pretrain, tmp_path / "ray"))
+    finally:
+        ray.shutdown()
+    assert len(local) == len(by_ray) == 2
+    for cell in plan.pretrain:
+        assert comparable(by_ray[cell]) == comparable(local[cell])
+        assert by_ray[cell]["final_test"]["win_rate"] == local[cell]["final_test"]["win_rate"]
