@@ -69,9 +69,9 @@ class MemoryConfig:
     """Use the OVM loss (needs a pre-trained checkpoint: its target network is the memory)."""
     lam_end: float = 0.0
     """lam after the anneal: 0 leaves plain TD learning once the transition is over."""
-    lam_anneal_steps: int = 200_000
-    """Env steps of lam's linear decay from 1 (twice the epsilon anneal of PyMARL2's 100k, so
-    the memory outlasts the most exploratory phase)."""
+    lam_anneal_steps: int = 50_000
+    """Env steps of lam's linear decay from 1 (half the exploration anneal: on 3m medium 50k
+    learned fastest of 50k / 100k / 200k with the same small drop, docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)

@@ -144,13 +144,15 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
         if not runs:
             continue
         offline = _offline_win(plan, results, task)
-        win_lines, return_lines, rows = {}, {}, []
+        win_lines, return_lines, probe_lines, rows = {}, {}, {}, []
         for label, result in runs.items():
             steps, wins = seed_curves(result, "test_win_rate")
             _, returns = seed_curves(result, "test_return")
             t, median_win = np.median(steps, 0), np.median(wins, 0)
             win_lines[label] = (t, median_win)
             return_lines[label] = (t, returns.mean(0))
+            if result["method"] != "qmix":
+                probe_lines[label] = (t, np.median(seed_curves(result, "probe_q")[1], 0))
             final = result["final_test"]
             drop = (transition_drop(median_win, offline)
                     if offline is not None and result["method"] != "qmix" else None)
@@ -159,10 +161,14 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
                                         for x in THRESHOLDS])
         figure = f"{stem}-{task.replace('/', '-')}.png"
         hline = (offline, "offline policy") if offline is not None else None
-        plot_panels([dict(title=f"{task}: median test win rate", ylabel="test win rate",
-                          lines=win_lines, hline=hline, ylim=(-0.02, 1.02)),
-                     dict(title=f"{task}: mean test return", ylabel="test return (0-20)",
-                          lines=return_lines)], out_dir / figure)
+        panels = [dict(title=f"{task}: median test win rate", ylabel="test win rate",
+                       lines=win_lines, hline=hline, ylim=(-0.02, 1.02)),
+                  dict(title=f"{task}: mean test return", ylabel="test return (0-20)",
+                       lines=return_lines)]
+        if probe_lines:
+            panels.append(dict(title=f"{task}: unlearning probe", lines=probe_lines,
+                               ylabel="median Q_tot on offline-policy episodes"))
+        plot_panels(panels, out_dir / figure)
         lines += [f"## {task}", "", f"![{task}]({figure})", "",
                   *_markdown_table(["method", "final median", "final IQM [95% CI]", "drop",
                                     *[f"steps to {x:g}" for x in THRESHOLDS]], rows), ""]
