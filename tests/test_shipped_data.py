@@ -41,3 +41,17 @@ def test_the_policy_that_made_a_shipped_dataset_is_shipped_with_it(quality):
     nets = make_networks(make_env("3m").spec, NetworkConfig())
     params = load_policy_snapshot(SHIPPED / quality / "generator.npz", nets)
     assert set(params) == {"agent", "mixer"}
+
+
+def test_undiscounted_return_to_go_at_the_start_is_the_card_mean_return(capsys):
+    from ovmse.cli import main, mean_return_to_go
+
+    meta = read_metadata(SHIPPED / "medium")
+    over_steps, at_start = mean_return_to_go(SHIPPED / "medium", 1.0)
+    assert at_start == pytest.approx(meta["mean_return"], rel=1e-5)
+    assert over_steps < at_start            # later steps have less reward to come
+    discounted_over_steps, discounted_at_start = mean_return_to_go(SHIPPED / "medium", 0.99)
+    assert discounted_at_start < at_start and discounted_over_steps < over_steps
+    assert main(["dataset", "info", str(SHIPPED / "medium"), "--gamma", "0.99"]) == 0
+    assert f"at the first step {discounted_at_start:.2f}" in capsys.readouterr().out
+    assert main(["dataset", "info", str(SHIPPED / "medium"), "--gamma", "2"]) == 2
