@@ -8,8 +8,9 @@ Statistics per (task, method), over the seeds of its cell:
                     (stats.interquartile_mean, stats.bootstrap_ci; rliable's method)
   drop              offline win rate minus the lowest median test win rate in the first 10% of
                     fine-tuning (stats.transition_drop)
-  steps to X        first env step at which the median test win rate reaches X
-                    (stats.steps_to_threshold)
+  steps to X        first env step after the start at which the median test win rate reaches
+                    X (stats.steps_to_threshold on the tests after step 0, so that a pre-trained
+                    policy already above X does not count as having reached it at 0)
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
             drop = (transition_drop(median_win, offline)
                     if offline is not None and result["method"] != "qmix" else None)
             rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
-                         _fmt(drop)] + [_steps(steps_to_threshold(t, median_win, x))
+                         _fmt(drop)] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
                                         for x in THRESHOLDS])
         figure = f"{stem}-{task.replace('/', '-')}.png"
         hline = (offline, "offline policy") if offline is not None else None
