@@ -98,20 +98,13 @@ def plot_finetune_curves(curves: dict[str, dict], offline_win: float, title: str
     rate dashed, and the unlearning probe (mean Q_tot on the offline policy's episodes).
     curves: {method: {"t_env": [K], "median_win_rate": [K], "probe_t_env": [K'],
     "median_probe_q": [K']}} (K' = 0 for a run without a probe)."""
-    fig, (ax_win, ax_probe) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for method, c in curves.items():
-        ax_win.plot(c["t_env"], c["median_win_rate"], lw=1.8, label=method)
-        if len(c["median_probe_q"]):
-            ax_probe.plot(c["probe_t_env"], c["median_probe_q"], lw=1.8, label=method)
-    ax_win.axhline(offline_win, ls="--", color="black", lw=1, label="offline policy")
-    ax_win.set(xlabel="env steps", ylabel="median test win rate", ylim=(-0.02, 1.02),
-               title=title)
-    ax_probe.set(xlabel="env steps", ylabel="mean Q_tot on offline-policy episodes",
-                 title="unlearning probe (paper Fig. 1)")
-    for ax in (ax_win, ax_probe):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    save_figure(fig, path)
+    wins = {method: (c["t_env"], c["median_win_rate"]) for method, c in curves.items()}
+    probes = {method: (c["probe_t_env"], c["median_probe_q"]) for method, c in curves.items()
+              if len(c["median_probe_q"])}
+    plot_panels([dict(title=title, ylabel="median test win rate", lines=wins,
+                      hline=(offline_win, "offline policy"), ylim=(-0.02, 1.02)),
+                 dict(title="unlearning probe (paper Fig. 1)", lines=probes,
+                      ylabel="mean Q_tot on offline-policy episodes")], path)
 
 
 def finetune_curves(records: list[dict]) -> dict:
