@@ -82,6 +82,13 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def device_name() -> str:
+    """Where this process computes, for summaries: "cpu" or e.g. "gpu: NVIDIA H100 80GB HBM3".
+    Results differ in their last digits between devices, so a run records its own."""
+    device = jax.devices()[0]
+    return device.platform if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"
+
+
 def new_run_dir(path: Path) -> Path:
     """Create an empty run folder; refuse one that already holds files (never overwrite a run)."""
     path = Path(path)

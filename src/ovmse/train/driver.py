@@ -20,8 +20,8 @@ from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.plots import plot_learning_curve
-from ovmse.runs import (load_checkpoint, new_run_dir, read_checkpoint_meta, read_json,
-                        read_jsonl, save_checkpoint, write_json, write_jsonl)
+from ovmse.runs import (device_name, load_checkpoint, new_run_dir, read_checkpoint_meta,
+                        read_json, read_jsonl, save_checkpoint, write_json, write_jsonl)
 from ovmse.snapshots import save_policy_snapshot
 from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.online import ChunkStats, OnlineTrainer
@@ -210,7 +210,7 @@ def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: fl
     win = [float(w) for w in final.win_rate]
     t_env = [last[s]["t_env"] for s in seeds]
     return dict(
-        map=cfg.env.map, seeds=seeds, t_env=t_env, wall_s=round(wall_s, 2),
+        map=cfg.env.map, seeds=seeds, t_env=t_env, wall_s=round(wall_s, 2), device=device_name(),
         env_steps_per_s=round(sum(t_env) / max(wall_s, 1e-9), 1),
         final_test=dict(episodes=cfg.final_test_episodes, win_rate=win,
                         mean_return=[float(x) for x in final.mean_return],

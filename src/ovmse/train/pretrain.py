@@ -28,8 +28,8 @@ from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.learner import LearnerState, init_learner, make_networks
 from ovmse.plots import plot_learning_curve
-from ovmse.runs import (load_checkpoint, new_run_dir, read_checkpoint_meta, read_json,
-                        read_jsonl, save_checkpoint, write_json, write_jsonl)
+from ovmse.runs import (device_name, load_checkpoint, new_run_dir, read_checkpoint_meta,
+                        read_json, read_jsonl, save_checkpoint, write_json, write_jsonl)
 from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
 
@@ -181,6 +181,7 @@ def _summary(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, records: li
     return dict(
         map=spec.map_name, algo=cfg.algo, alpha=cfg.learner.cql.alpha,
         seeds=sorted({r["seed"] for r in records}), updates=cfg.steps, wall_s=round(wall_s, 2),
+        device=device_name(),
         updates_per_s=round(cfg.steps * cfg.num_seeds / max(wall_s, 1e-9), 2),
         dataset=dict(path=cfg.dataset, quality=dataset_meta["quality"],
                      episodes=dataset_meta["episodes"], win_rate=dataset_meta["win_rate"],
