@@ -1,6 +1,8 @@
 # Two entry points, each doing its own set-up in .venv (only python3 >= 3.11 is needed):
 #   make run    the main job        make test    the test suite
 PYTHON ?= python3
+# Test worker processes; each takes whole test files, so module fixtures are built once.
+TEST_WORKERS ?= 2
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
@@ -19,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/ovmse run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_online.py

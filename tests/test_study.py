@@ -17,7 +17,7 @@ from ovmse.study import executors
 from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir
 from ovmse.study.executors import LocalExecutor
 from ovmse.study.report import build_report
-from ovmse.study.runner import plan_cells, run_study, select
+from ovmse.study.runner import plan_cells, require_data, run_study, select
 from ovmse.study.spec import load_spec
 from ovmse.study.store import ResultStore
 
@@ -81,15 +81,15 @@ def test_every_shipped_spec_expands_at_both_scales(name, monkeypatch):
     monkeypatch.chdir(REPO)
     spec = load_spec(name)
     for scale in ("cpu", "paper"):
-        plan = plan_cells(spec, scale, need_data=False)
+        plan = plan_cells(spec, scale)
         assert plan.pretrain and plan.finetune
         assert len({c.key for c in plan.finetune}) == len(plan.finetune)
 
 
 def test_specs_of_one_study_share_their_cells(monkeypatch):
     monkeypatch.chdir(REPO)
-    table1 = {c.key for c in plan_cells(load_spec("table1"), "cpu", need_data=False).finetune}
-    curves = {c.key for c in plan_cells(load_spec("fig2_fig3"), "cpu", need_data=False).finetune}
+    table1 = {c.key for c in plan_cells(load_spec("table1"), "cpu").finetune}
+    curves = {c.key for c in plan_cells(load_spec("fig2_fig3"), "cpu").finetune}
     assert table1 == curves
 
 
@@ -113,7 +113,7 @@ def test_spec_errors_name_the_problem(tmp_path):
         load_spec(str(tmp_path / "missing.toml"))
     spec = toy_spec(tmp_path, tasks=("3m/nonesuch",))
     with pytest.raises(UserError, match="ovmse dataset build --map 3m"):
-        plan_cells(spec, "cpu", (SHIPPED,))
+        require_data(plan_cells(spec, "cpu", (SHIPPED,)), (SHIPPED,))
     with pytest.raises(UserError, match="has no scale 'huge'"):
         plan_cells(spec, "huge", (SHIPPED,))
 
@@ -128,6 +128,14 @@ def test_selecting_tasks_and_methods_keeps_their_starts(tmp_path):
         "pretrain-3m-expert"]
     with pytest.raises(UserError, match=r"methods \['dqn'\] are not in this spec"):
         select(plan, methods=("dqn",))
+
+
+def test_a_missing_dataset_only_stops_the_tasks_that_need_it(tmp_path):
+    spec = toy_spec(tmp_path, tasks=("3m/medium", "3m/nonesuch"), methods=("ovmse", "qmix"))
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    require_data(select(plan, tasks=("3m/medium",)), (SHIPPED,))
+    with pytest.raises(UserError, match="dataset 3m/nonesuch not found"):
+        require_data(select(plan, tasks=("3m/nonesuch",)), (SHIPPED,))
 
 
 # --- cache keys ------------------------------------------------------------------------------
@@ -266,7 +274,7 @@ def fake_finetune(cell, final, wins, probe):
 
 def fake_results_folder(spec, root: Path) -> ResultStore:
     store = ResultStore(root)
-    plan = plan_cells(spec, "cpu", need_data=False)
+    plan = plan_cells(spec, "cpu")
     for pre in plan.pretrain:
         store.save(pre, dict(fake_result(pre), final_test=dict(median_win_rate=0.5,
                                                                win_rate=[0.5, 0.5])))
@@ -302,7 +310,7 @@ def test_probe_and_mixing_reports_and_missing_cells(tmp_path):
     assert "| switch-cql | 10.00 | 7.00 at 200 | 9.00 |" in text
     mixing = toy_spec(tmp_path, report="mixing", methods=("ovmse",), ratios=(0.0, 0.1))
     store = fake_results_folder(mixing, tmp_path / "mixing")
-    missing = plan_cells(mixing, "cpu", need_data=False).finetune[1]
+    missing = plan_cells(mixing, "cpu").finetune[1]
     store.path(missing).unlink()
     text = build_report(mixing, "cpu", store, tmp_path / "out").read_text()
     assert "**Not run yet (1 cells):** 3m-medium-ovmse-mix0.1." in text

@@ -384,7 +384,7 @@ def run_experiment(cmd: ExperimentRun) -> int:
 
     spec, store = load_spec(cmd.spec), ResultStore(cmd.results)
     if cmd.dry_run:
-        plan = select(plan_cells(spec, cmd.scale, cmd.data_roots, need_data=False),
+        plan = select(plan_cells(spec, cmd.scale, cmd.data_roots),
                       cmd.tasks, cmd.methods)
         for cell in plan.pretrain + plan.finetune:
             print(f"{'cached ' if store.has(cell) else 'to run '} {cell.key}  {cell.name}")

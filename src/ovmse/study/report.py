@@ -33,7 +33,7 @@ def build_report(spec: Spec, scale_name: str, store: ResultStore, out_dir: Path)
     """Write out_dir/<spec>-<scale>.md and its PNGs; return the Markdown file's path. Cells
     without a stored result are listed as missing and left out of tables and figures."""
     scale = spec.scale(scale_name)
-    plan = plan_cells(spec, scale_name, need_data=False)
+    plan = plan_cells(spec, scale_name)
     results = {c.key: store.load(c) for c in plan.pretrain + plan.finetune if store.has(c)}
     stem = f"{spec.name}-{scale_name}"
     out_dir = Path(out_dir)

@@ -43,21 +43,14 @@ def finetune_base(scale: Scale, map_name: str, offline_ratio: float) -> TrainCon
     return with_overrides(cfg, {"finetune.offline_ratio": float(offline_ratio)})
 
 
-def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS,
-               need_data: bool = True) -> Plan:
-    """The cells of a spec's scale, without duplicates (qmix runs once per map). With
-    need_data, every dataset must be found under `roots` (UserError naming the build command)."""
+def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS) -> Plan:
+    """The cells of a spec's scale, without duplicates (qmix runs once per map). A dataset not
+    found under `roots` leaves its pre-training cell's dataset empty (see `require_data`)."""
     scale = spec.scale(scale_name)
     pretrain: dict[str, PretrainCell] = {}
     finetune: dict[str, FinetuneCell] = {}
     for task in scale.tasks:
         found = find_dataset(task, roots)
-        if found is None and need_data:
-            map_name, quality = task.split("/")
-            raise UserError(
-                f"dataset {task} not found under {' or '.join(map(str, roots))}; build it with "
-                f"`ovmse dataset build --map {map_name} --out datasets-build/{map_name}` "
-                f"({quality} is one of its outputs)")
         pre = PretrainCell(task, pretrain_config(scale, str(found or "")))
         pretrain.setdefault(pre.key, pre)
         for method in scale.methods:
@@ -67,6 +60,17 @@ def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS
                                     and task_map(task) in scale.cql_online)
                 finetune.setdefault(cell.key, cell)
     return Plan(list(pretrain.values()), list(finetune.values()))
+
+
+def require_data(plan: Plan, roots: tuple[Path, ...]) -> None:
+    """UserError naming the build command for the first pre-training cell without a dataset."""
+    for cell in plan.pretrain:
+        if not cell.config.dataset:
+            map_name, quality = cell.task.split("/")
+            raise UserError(
+                f"dataset {cell.task} not found under {' or '.join(map(str, roots))}; build it "
+                f"with `ovmse dataset build --map {map_name} --out datasets-build/{map_name}` "
+                f"({quality} is one of its outputs)")
 
 
 def select(plan: Plan, tasks: tuple[str, ...] = (), methods: tuple[str, ...] = ()) -> Plan:
@@ -102,6 +106,7 @@ def run_study(spec: Spec, scale_name: str, store: ResultStore, work_dir: Path, e
     fine-tuning cell to run needs their checkpoint and `work_dir` no longer has it (the cached
     result is kept and compared)."""
     plan = select(plan_cells(spec, scale_name, roots), tasks, methods)
+    require_data(plan, roots)
     todo = [c for c in plan.finetune if not store.has(c)]
     needed = {c.pretrain.key for c in todo}
     for cell in plan.pretrain:
