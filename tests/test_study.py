@@ -215,7 +215,7 @@ def test_qmix_key_ignores_the_pretraining_but_not_the_map_or_network():
 def fake_result(cell) -> dict:
     kind = "pretrain" if isinstance(cell, PretrainCell) else "finetune"
     return dict(kind=kind, key=cell.key, name=cell.name, task=cell.task,
-                final_test=dict(median_win_rate=0.5, win_rate=[0.4, 0.6]), wall_s=1.0,
+                final_test=dict(median_win_rate=0.5, win_rate=[0.4, 0.6]), wall_s=1.0, device="cpu",
                 dataset_fingerprint="f")
 
 
@@ -291,6 +291,7 @@ def test_final_table_report_from_stored_results(tmp_path):
     assert "| 3m/medium | 0.500 | 0.700 | 0.800 |" in text
     assert "Not run yet" not in text
     assert "| all tasks | 0.700 [0.600, 0.800] | 0.800 [0.700, 0.900] |" in text
+    assert "Computed on: cpu (3 cells)" in text  # the pre-training and two fine-tuning cells
 
 
 def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
@@ -312,7 +313,10 @@ def test_probe_and_mixing_reports_and_missing_cells(tmp_path):
     store = fake_results_folder(mixing, tmp_path / "mixing")
     missing = plan_cells(mixing, "cpu").finetune[1]
     store.path(missing).unlink()
+    gpu = plan_cells(mixing, "cpu").finetune[0]
+    store.save(gpu, dict(store.load(gpu), device="gpu: H100"))
     text = build_report(mixing, "cpu", store, tmp_path / "out").read_text()
+    assert "Computed on: cpu (1 cells), gpu: H100 (1 cells)" in text
     assert "**Not run yet (1 cells):** 3m-medium-ovmse-mix0.1." in text
     assert "| 3m/medium | 0.00 [0.00, 0.00] | - |" in text  # return at step 200
 

@@ -84,9 +84,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def device_name() -> str:
     """Where this process computes, for summaries: "cpu" or e.g. "gpu: NVIDIA H100 80GB HBM3".
-    Results differ in their last digits between devices, so a run records its own."""
+    One config and seed gives different numbers on CPU and GPU (floating-point order differs
+    and the trajectories diverge), so a run records its own."""
     device = jax.devices()[0]
-    return device.platform if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"
+    if device.platform == "cpu":
+        return "cpu"
+    return f"{device.platform}: {device.device_kind}"
 
 
 def new_run_dir(path: Path) -> Path:

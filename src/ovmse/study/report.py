@@ -15,6 +15,7 @@ Statistics per (task, method), over the seeds of its cell:
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ def build_report(spec: Spec, scale_name: str, store: ResultStore, out_dir: Path)
              f"Regenerate: `ovmse experiment run {spec.name} --scale {scale_name}`, then "
              f"`ovmse experiment report {spec.name} --scale {scale_name}`.", "",
              _scale_text(scale), ""]
+    if results:
+        lines += [_devices_text(results), ""]
     missing = [c.name for c in plan.pretrain + plan.finetune if c.key not in results]
     if missing:
         lines += [f"**Not run yet ({len(missing)} cells):** {', '.join(missing)}.", ""]
@@ -65,6 +68,12 @@ def _scale_text(scale: Scale) -> str:
     if scale.cql_online:
         text += f"; ovmse keeps CQL online on {', '.join(scale.cql_online)}"
     return text + "."
+
+
+def _devices_text(results: dict[str, dict]) -> str:
+    """Which devices computed the stored cells (CPU and GPU runs of one seed differ)."""
+    counts = Counter(r.get("device") or "not recorded" for r in results.values())
+    return "Computed on: " + ", ".join(f"{d} ({n} cells)" for d, n in sorted(counts.items()))
 
 
 def _markdown_table(header: list[str], rows: list[list]) -> list[str]:
