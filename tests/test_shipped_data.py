@@ -44,7 +44,8 @@ def test_the_policy_that_made_a_shipped_dataset_is_shipped_with_it(quality):
 
 
 def test_undiscounted_return_to_go_at_the_start_is_the_card_mean_return(capsys):
-    from ovmse.cli import main, mean_return_to_go
+    from ovmse.cli import main
+    from ovmse.datasets.card import mean_return_to_go
 
     meta = read_metadata(SHIPPED / "medium")
     over_steps, at_start = mean_return_to_go(SHIPPED / "medium", 1.0)

@@ -274,7 +274,7 @@ class DatasetInfo:
 
 
 def run_dataset_info(cmd: DatasetInfo) -> int:
-    from ovmse.datasets.card import dataset_card
+    from ovmse.datasets.card import dataset_card, mean_return_to_go
     from ovmse.datasets.store import read_metadata
 
     print(dataset_card(read_metadata(cmd.path), str(cmd.path)))
@@ -283,21 +283,6 @@ def run_dataset_info(cmd: DatasetInfo) -> int:
         print(f"discounted return-to-go (gamma {cmd.gamma:g}): mean over steps {over_steps:.2f}, "
               f"at the first step {at_start:.2f}")
     return 0
-
-
-def mean_return_to_go(path: Path, gamma: float) -> tuple[float, float]:
-    """The dataset's discounted return-to-go averaged over its real steps, and over its first
-    steps (the team reward, SMAC scale)."""
-    import numpy as np
-
-    from ovmse.cql import returns_to_go
-    from ovmse.datasets.store import load_dataset
-
-    if not 0.0 < gamma <= 1.0:
-        raise UserError(f"gamma must be in (0, 1], got {gamma}")
-    episodes, _ = load_dataset(path)
-    returns = np.asarray(returns_to_go(episodes.rewards, episodes.filled, gamma))
-    return float(returns[np.asarray(episodes.filled)].mean()), float(returns[0].mean())
 
 
 @dataclass(frozen=True)

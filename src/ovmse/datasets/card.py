@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from ovmse.errors import UserError
 
 HISTOGRAM_BINS = 10
 BAR_WIDTH = 40
@@ -40,3 +44,16 @@ def dataset_card(meta: dict, path: str = "") -> str:
         *return_histogram(returns),
     ]
     return "\n".join(lines)
+
+
+def mean_return_to_go(path: Path, gamma: float) -> tuple[float, float]:
+    """The dataset's discounted return-to-go (team reward, SMAC scale) averaged over its real
+    steps, and over its first steps: what a calibrated Q_tot of the data's actions is near."""
+    from ovmse.cql import returns_to_go
+    from ovmse.datasets.store import load_dataset
+
+    if not 0.0 < gamma <= 1.0:
+        raise UserError(f"gamma must be in (0, 1], got {gamma}")
+    episodes, _ = load_dataset(path)
+    returns = np.asarray(returns_to_go(episodes.rewards, episodes.filled, gamma))
+    return float(returns[np.asarray(episodes.filled)].mean()), float(returns[0].mean())

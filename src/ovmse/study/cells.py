@@ -105,7 +105,7 @@ def _fresh_or_resumable(run_dir: Path) -> bool:
 
 
 def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool) -> dict:
-    from ovmse.train.pretrain import pretrain
+    from ovmse.train.pretrain import pretrain, pretrained_checkpoint
 
     run_dir = cell_dir(cell, work_dir)
     summary_path = run_dir / "summary.json"
@@ -118,7 +118,7 @@ def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool) -> dict:
     del config["dataset"]
     return dict(kind="pretrain", key=cell.key, name=cell.name, task=cell.task,
                 config=config, dataset=summary["dataset"] | dict(path=None),
-                dataset_fingerprint=data_fingerprint(cell.config.dataset),
+                dataset_fingerprint=pretrained_checkpoint(run_dir)[1]["dataset"]["fingerprint"],
                 final_test=summary["final_test"], wall_s=summary["wall_s"],
                 device=summary.get("device"),
                 curves=_curves(read_jsonl(run_dir / "metrics.jsonl"), "updates",
