@@ -23,7 +23,7 @@ from ovmse.study.store import ResultStore
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "datasets"
-SPECS = ("table1", "fig1", "fig2_fig3", "fig4", "table2", "methods")
+SPECS = ("table1", "fig1", "fig2_fig3", "fig4", "table2", "methods", "cql_online")
 
 TOY_SPEC = """
 name = "toy"

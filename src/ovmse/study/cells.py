@@ -76,7 +76,8 @@ class FinetuneCell:
     def name(self) -> str:
         where = self.task.split("/")[0] if self.method == "qmix" else self.task.replace("/", "-")
         ratio = self.base.finetune.offline_ratio
-        return f"{where}-{self.method}" + (f"-mix{ratio:g}" if ratio else "")
+        return (f"{where}-{self.method}" + ("-cql" if self.cql_online else "")
+                + (f"-mix{ratio:g}" if ratio else ""))
 
 
 Cell = PretrainCell | FinetuneCell
