@@ -13,7 +13,7 @@ from ovmse.cli import main
 from ovmse.config import CqlConfig, LearnerConfig, PretrainConfig
 from ovmse.envs import make_env
 from ovmse.errors import UserError
-from ovmse.runs import read_jsonl
+from ovmse.runs import device_name, read_jsonl
 from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.pretrain import load_pretrained, pretrain
 from ovmse.train.offline import OfflineTrainer
@@ -52,6 +52,7 @@ def test_cli_run_writes_a_complete_run_folder(tiny_run, capsys):
     assert trained["loss"] == pytest.approx(trained["td_loss"] + 5.0 * trained["cql"], rel=1e-4)
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["dataset"]["quality"] == "medium" and len(summary["final_test"]["win_rate"]) == 2
+    assert summary["device"] == device_name()
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["learner"]["cql"]["calibrated"] is False
 

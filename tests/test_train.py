@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_train_config
 from ovmse.cli import main
-from ovmse.runs import read_jsonl
+from ovmse.runs import device_name, read_jsonl
 from ovmse.train.driver import train
 
 TINY_FLAGS = ["--map", "3m", "--episode-limit", "20", "--agent-hidden-dim", "16",
@@ -43,6 +43,7 @@ def test_run_folder_holds_config_metrics_checkpoint_summary_and_plot(reference_r
     assert all(r["t_env"] >= 600 for r in records if r["chunk"] == 3)
     assert records[-1]["updates"] > 0 and "loss" in records[-1]
     assert summary["final_test"]["episodes"] == 8 and len(summary["final_test"]["win_rate"]) == 2
+    assert summary["device"] == device_name()
     assert json.loads((run_dir / "config.json").read_text())["num_seeds"] == 2
 
 
