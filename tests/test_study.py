@@ -14,7 +14,7 @@ from ovmse.cli import main
 from ovmse.config import PretrainConfig, TrainConfig, to_dict, with_overrides
 from ovmse.errors import UserError
 from ovmse.study import executors
-from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir
+from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, run_cell
 from ovmse.study.executors import LocalExecutor
 from ovmse.study.report import build_report
 from ovmse.study.runner import plan_cells, require_data, run_study, select
@@ -339,6 +339,24 @@ def comparable(result: dict) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")   # Ray starts its processes
+def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(tmp_path):
+    spec = toy_spec(tmp_path, methods=("ovmse",))
+    store, work = ResultStore(tmp_path / "results"), tmp_path / "work"
+    counts = run_study(spec, "cpu", store, work, LocalExecutor(progress=False), (SHIPPED,),
+                       log=lambda _: None)
+    assert counts == dict(cached=0, ran=2)
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    pre, cell = plan.pretrain[0], plan.finetune[0]
+    assert (cell_dir(pre, work) / "checkpoint.npz").is_file()  # later cells start from it
+    finished = cell_dir(cell, work)
+    assert not (finished / "checkpoint.npz").exists()
+    assert (finished / "summary.json").is_file() and (finished / "metrics.jsonl").is_file()
+    stored = store.load(cell)
+    assert stored["device"] == "cpu" and stored["method"] == "ovmse"
+    assert sorted(stored["curves"]) == ["0", "1"] and stored["curves"]["0"]["t_env"][0] == 0
+    assert comparable(run_cell(cell, work)) == comparable(stored)  # read back, not rerun
+
+
 def test_ray_executor_matches_the_in_process_one(tmp_path):
     ray = pytest.importorskip("ray")
     spec = toy_spec(tmp_path, tasks=("3m/medium", "3m/expert"), methods=())

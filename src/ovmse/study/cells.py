@@ -7,9 +7,10 @@ and the key of the cell it starts from), so that results are cached per cell and
 spec that needs the same run. Datasets enter keys by task name ("3m/medium"); the dataset's
 content fingerprint is stored with the pre-training result and checked before it is reused.
 
-`run_cell(cell, work_dir)` runs a cell into work_dir/<kind>/<key>/ (resuming an interrupted
-run from its checkpoint) and returns its result: a small JSON-able dict with the config, the
-final test and the per-seed curves, everything a report needs.
+`run_cell(cell, work_dir)` runs a cell into work_dir/<kind>/<name>-<key>/ (resuming an
+interrupted run from its checkpoint; a finished fine-tuning cell drops its checkpoint, a
+pre-training cell keeps it for the cells that start from it) and returns its result: a small
+JSON-able dict with the config, the final test and the per-seed curves, all a report needs.
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool) -> dict:
         summary = read_json(summary_path)
     else:
         summary = train(cfg, run_dir, resume=_fresh_or_resumable(run_dir), progress=progress)
+    # A finished fine-tuning state is GBs (its replay buffer: ~1.5 GB per seed on 2s3z) and the
+    # result needs only summary.json and metrics.jsonl; policies/ keeps the snapshots.
+    (run_dir / "checkpoint.npz").unlink(missing_ok=True)
     config = to_dict(cfg)
     config["finetune"]["checkpoint"] = config["finetune"]["dataset"] = None
     return dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,
