@@ -4,6 +4,7 @@ Ray executor against the in-process one."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 from pathlib import Path
 
@@ -36,6 +37,7 @@ tasks = {tasks}
 methods = {methods}
 offline_ratios = {ratios}
 budget_step = 300
+{extra}
 seeds = 2
 pretrain_steps = 2
 steps = {{ "3m" = 400 }}
@@ -66,11 +68,11 @@ final_test_episodes = 4
 
 
 def toy_spec(tmp_path: Path, report="final_table", tasks=("3m/medium",),
-             methods=("ovmse", "qmix"), ratios=(0.0,)):
+             methods=("ovmse", "qmix"), ratios=(0.0,), extra=""):
     path = tmp_path / f"toy-{report}.toml"
     path.write_text(TOY_SPEC.format(report=report, tasks=json.dumps(list(tasks)),
                                     methods=json.dumps(list(methods)),
-                                    ratios=json.dumps(list(ratios))))
+                                    ratios=json.dumps(list(ratios)), extra=extra))
     return load_spec(str(path))
 
 
@@ -106,7 +108,7 @@ def test_spec_errors_name_the_problem(tmp_path):
         toy_spec(tmp_path, methods=("ovmse", "dqn"))
     bad = tmp_path / "bad.toml"
     bad.write_text(TOY_SPEC.format(report="final_table", tasks='["2s3z/medium"]',
-                                   methods='["ovmse"]', ratios="[0.0]"))
+                                   methods='["ovmse"]', ratios="[0.0]", extra=""))
     with pytest.raises(UserError, match=r"steps has no value for maps \['2s3z'\]"):
         load_spec(str(bad))
     with pytest.raises(UserError, match="no experiment spec"):
@@ -304,6 +306,18 @@ def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
     assert (tmp_path / "out" / "toy-cpu-3m-medium.png").stat().st_size > 10_000
 
 
+def test_cql_online_cells_are_labelled_and_still_fill_their_method_column(tmp_path):
+    extra = 'cql_online = ["3m"]'
+    curves = toy_spec(tmp_path, report="curves", methods=("ovmse", "se"), extra=extra)
+    store = fake_results_folder(curves, tmp_path / "results")
+    text = build_report(curves, "cpu", store, tmp_path / "out").read_text()
+    assert "| ovmse + CQL online | 0.700 |" in text
+    assert "| se | 0.800 |" in text   # CQL online is ovmse's alone
+    table = toy_spec(tmp_path, methods=("ovmse", "se"), extra=extra)
+    text = build_report(table, "cpu", store, tmp_path / "out").read_text()
+    assert "| 3m/medium | 0.500 | 0.700 | 0.800 |" in text
+
+
 def test_probe_and_mixing_reports_and_missing_cells(tmp_path):
     spec = toy_spec(tmp_path, report="probe", methods=("ovmse", "switch-cql"))
     store = fake_results_folder(spec, tmp_path / "results")
@@ -329,6 +343,23 @@ def test_report_cli_writes_markdown(tmp_path, capsys):
     assert (tmp_path / "out" / "toy-cpu.md").exists()
     assert main(["experiment", "run", "nonesuch"]) == 2
     assert "no experiment spec" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    spec = toy_spec(tmp_path)
+    fake_results_folder(spec, tmp_path / "results")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def full_disk(fd):   # the atomic writer's last step before its rename
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "toy-cpu.md"))
+
+    monkeypatch.setattr("os.fsync", full_disk)
+    assert main(["experiment", "report", str(spec.path), "--results", str(tmp_path / "results"),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the disk writing" in err
+    assert not [p for p in out.iterdir() if p.suffix == ".md" or p.name.endswith(".tmp")]
 
 
 # --- real cells: in-process and Ray give the same results ------------------------------------

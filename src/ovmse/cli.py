@@ -11,6 +11,7 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from dataclasses import dataclass, field
@@ -442,6 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ovmse: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"ovmse: error: no space left on the disk writing {e.filename or 'a file'}; free "
+              f"space (checkpoints in runs/ are the big files) and rerun: finished files are "
+              f"kept, the unfinished one was not written (a training run resumes with --resume "
+              f"RUN_DIR)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ovmse: interrupted; finished files are kept, unfinished ones were not written "
               "(a training run resumes with --resume RUN_DIR)", file=sys.stderr)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ovmse.errors import UserError
 
+CHECKPOINT_FILE = "checkpoint.npz"
 CHECKPOINT_FORMAT = "ovmse-checkpoint"
 CHECKPOINT_VERSION = 1
 

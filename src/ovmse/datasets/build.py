@@ -34,7 +34,7 @@ from ovmse.datasets.store import write_dataset
 from ovmse.envs import make_env
 from ovmse.errors import UserError
 from ovmse.learner import QmixNetworks, init_params, make_networks
-from ovmse.runs import load_checkpoint, read_checkpoint_meta, read_json, write_json
+from ovmse.runs import CHECKPOINT_FILE, load_checkpoint, read_checkpoint_meta, read_json, write_json
 from ovmse.snapshots import list_policy_snapshots, load_policy_snapshot
 from ovmse.train.driver import train
 from ovmse.train.online import OnlineTrainer
@@ -75,7 +75,7 @@ def replay_buffer_episodes(cfg: TrainConfig, chunk: int, work_dir: Path) -> tupl
     train(cfg, run_dir, progress=False, stop_after_chunks=chunk)
     trainer = OnlineTrainer(cfg)
     template = jax.eval_shape(trainer.init, trainer.seed_keys())
-    states, _ = load_checkpoint(run_dir / "checkpoint.npz", template)
+    states, _ = load_checkpoint(run_dir / CHECKPOINT_FILE, template)
     buffer = jax.tree.map(lambda x: np.asarray(x[0]), states.buffer)
     size, pos, capacity = int(buffer.size), int(buffer.insert_pos), buffer.capacity
     order = (np.arange(size) + (pos if size == capacity else 0)) % capacity

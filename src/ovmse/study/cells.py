@@ -25,7 +25,7 @@ from pathlib import Path
 from ovmse.config import PretrainConfig, TrainConfig, to_dict
 from ovmse.errors import UserError
 from ovmse.methods import finetune_config
-from ovmse.runs import read_json, read_jsonl
+from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
 KEY_VERSION = 1
 """Bump when a code change alters the results of unchanged configs, to invalidate the cache."""
@@ -99,7 +99,7 @@ def run_cell(cell: Cell, work_dir: Path, progress: bool = False) -> dict:
 def _fresh_or_resumable(run_dir: Path) -> bool:
     """True if run_dir holds an interrupted run to resume; clears a run that died before its
     first checkpoint (the folder is this cell's own)."""
-    if (run_dir / "checkpoint.npz").exists():
+    if (run_dir / CHECKPOINT_FILE).exists():
         return True
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -150,7 +150,7 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool) -> dict:
         summary = train(cfg, run_dir, resume=_fresh_or_resumable(run_dir), progress=progress)
     # A finished fine-tuning state is GBs (its replay buffer: ~1.5 GB per seed on 2s3z) and the
     # result needs only summary.json and metrics.jsonl; policies/ keeps the snapshots.
-    (run_dir / "checkpoint.npz").unlink(missing_ok=True)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     config = to_dict(cfg)
     config["finetune"]["checkpoint"] = config["finetune"]["dataset"] = None
     return dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,

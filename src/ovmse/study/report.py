@@ -98,13 +98,20 @@ def _by_task(plan, results) -> dict[str, dict[str, dict]]:
                                                                        plan.finetune)}
     for cell in plan.finetune:
         if cell.key in results:
-            label = cell.method + (f" mix {cell.base.finetune.offline_ratio:g}"
-                                   if cell.base.finetune.offline_ratio else "")
+            label = cell_label(cell)
             for task in out:
                 if task == cell.task or (cell.method == "qmix"
                                          and task_map(task) == task_map(cell.task)):
                     out[task][label] = results[cell.key]
     return out
+
+
+def cell_label(cell) -> str:
+    """A fine-tuning cell's name in figures and tables: its method, "+ CQL online" where the
+    spec keeps CQL online for a method that drops it by default, and its offline mixing ratio."""
+    ratio = cell.base.finetune.offline_ratio
+    return (cell.method + (" + CQL online" if cell.cql_online else "")
+            + (f" mix {ratio:g}" if ratio else ""))
 
 
 def _offline_win(plan, results, task: str) -> float | None:
@@ -125,6 +132,9 @@ def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
     by_task = _by_task(plan, results)
     methods = list(scale.methods)
     median_rows, iqm_rows = [], []
+    # columns are methods: a task's cell of a method is found whatever its label says
+    by_task = {task: {r["method"]: r for r in runs.values() if not r.get("offline_ratio")}
+               for task, runs in by_task.items()}
     for task, runs in by_task.items():
         offline = _fmt(_offline_win(plan, results, task))
         median_rows.append([task, offline] + [

@@ -20,8 +20,9 @@ from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.plots import plot_learning_curve
-from ovmse.runs import (device_name, load_checkpoint, new_run_dir, read_checkpoint_meta,
-                        read_json, read_jsonl, save_checkpoint, write_json, write_jsonl)
+from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
+                        read_checkpoint_meta, read_json, read_jsonl, save_checkpoint, write_json,
+                        write_jsonl)
 from ovmse.snapshots import save_policy_snapshot
 from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.online import ChunkStats, OnlineTrainer
@@ -87,7 +88,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     checkpoint, and returns None: `resume=True` later continues it exactly.
     """
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.npz"
+    ckpt_path = run_dir / CHECKPOINT_FILE
     if resume:
         cfg = _resumable_config(run_dir)
     else:
@@ -197,7 +198,7 @@ def _resumable_config(run_dir: Path) -> TrainConfig:
         raise UserError(f"cannot resume {run_dir}: no such run folder")
     cfg = from_dict(TrainConfig, read_json(run_dir / "config.json"))
     validate_train(cfg)
-    meta = read_checkpoint_meta(run_dir / "checkpoint.npz")
+    meta = read_checkpoint_meta(run_dir / CHECKPOINT_FILE)
     if meta.get("kind") != "online-train-state" or meta.get("config") != to_dict(cfg):
         raise UserError(f"checkpoint in {run_dir} was not written by the run of its config.json "
                         f"(kind {meta.get('kind')!r}); it cannot be resumed")

@@ -28,13 +28,13 @@ from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.learner import LearnerState, init_learner, make_networks
 from ovmse.plots import plot_learning_curve
-from ovmse.runs import (device_name, load_checkpoint, new_run_dir, read_checkpoint_meta,
-                        read_json, read_jsonl, save_checkpoint, write_json, write_jsonl)
+from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
+                        read_checkpoint_meta, read_json, read_jsonl, save_checkpoint, write_json,
+                        write_jsonl)
 from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
 
 CHECKPOINT_KIND = "offline-pretrain-state"
-CHECKPOINT_FILE = "checkpoint.npz"
 
 
 def dataset_fingerprint(meta: dict) -> str:
