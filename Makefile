@@ -6,7 +6,7 @@ TEST_WORKERS ?= 2
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test setup benchmark clean
+.PHONY: run test setup benchmark report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The study's pages (docs/results/) and their blocks in docs/results.md, from experiments/results/.
+SPECS := methods table1 fig1 fig2_fig3 fig4 table2 cql_online
+report: $(STAMP)
+	for spec in $(SPECS); do \
+	  $(VENV)/bin/ovmse experiment report $$spec --scale cpu --embed docs/results.md || exit 1; \
+	done
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_online.py

@@ -345,6 +345,30 @@ def test_report_cli_writes_markdown(tmp_path, capsys):
     assert "no experiment spec" in capsys.readouterr().err
 
 
+def test_report_is_embedded_between_its_markers_and_nowhere_else(tmp_path, capsys):
+    spec = toy_spec(tmp_path, report="curves", methods=("ovmse",))
+    fake_results_folder(spec, tmp_path / "results")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    target = docs / "results.md"
+    target.write_text("# Study\n\nclaims\n<!-- report:toy-cpu -->\nold\n<!-- /report:toy-cpu -->"
+                      "\n\nafter\n")
+    args = ["experiment", "report", str(spec.path), "--results", str(tmp_path / "results"),
+            "--out", str(docs / "results"), "--embed", str(target)]
+    assert main(args) == 0
+    text = target.read_text()
+    assert text.startswith("# Study\n\nclaims\n<!-- report:toy-cpu -->\n")
+    assert text.endswith("<!-- /report:toy-cpu -->\n\nafter\n") and "old" not in text
+    assert "#### 3m/medium\n" in text and "Toy study" not in text   # title dropped, demoted
+    assert "![3m/medium](results/toy-cpu-3m-medium.png)" in text
+    assert "| ovmse | 0.700 |" in text
+    assert main(args) == 0 and target.read_text() == text   # regenerating changes nothing
+    target.write_text("no markers\n")
+    assert main(args) == 2
+    assert "put the lines '<!-- report:toy-cpu -->'" in capsys.readouterr().err
+    assert target.read_text() == "no markers\n"
+
+
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     spec = toy_spec(tmp_path)
     fake_results_folder(spec, tmp_path / "results")

@@ -396,15 +396,22 @@ class ExperimentReport:
     """Result cache written by `ovmse experiment run`."""
     out: Path = Path("docs/results")
     """Folder for <spec>-<scale>.md and its PNGs."""
+    embed: Path | None = None
+    """Also put the page's tables and figures into this Markdown file (e.g. docs/results.md),
+    between its lines `<!-- report:SPEC-SCALE -->` and `<!-- /report:SPEC-SCALE -->`."""
 
 
 def run_experiment_report(cmd: ExperimentReport) -> int:
+    from ovmse.study.embed import embed_page
     from ovmse.study.report import build_report
     from ovmse.study.spec import load_spec
     from ovmse.study.store import ResultStore
 
     path = build_report(load_spec(cmd.spec), cmd.scale, ResultStore(cmd.results), cmd.out)
     print(f"wrote {path}")
+    if cmd.embed is not None:
+        embed_page(path, cmd.embed)
+        print(f"updated its block in {cmd.embed}")
     return 0
 
 
