@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/ovmse run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # The study's pages (docs/results/) and their blocks in docs/results.md, from experiments/results/.
 SPECS := methods table1 fig1 fig2_fig3 fig4 table2 cql_online
