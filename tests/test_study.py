@@ -393,12 +393,19 @@ def comparable(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("wall_s", "env_steps_per_s")}
 
 
-@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")   # Ray starts its processes
-def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(tmp_path):
-    spec = toy_spec(tmp_path, methods=("ovmse",))
-    store, work = ResultStore(tmp_path / "results"), tmp_path / "work"
+@pytest.fixture(scope="module")
+def toy_study(tmp_path_factory):
+    """A real toy study run in-process: MACQL pre-training on 3m medium, then OVMSE from it."""
+    root = tmp_path_factory.mktemp("toy_study")
+    spec = toy_spec(root, methods=("ovmse",))
+    store, work = ResultStore(root / "results"), root / "work"
     counts = run_study(spec, "cpu", store, work, LocalExecutor(progress=False), (SHIPPED,),
                        log=lambda _: None)
+    return spec, store, work, counts
+
+
+def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(toy_study):
+    spec, store, work, counts = toy_study
     assert counts == dict(cached=0, ran=2)
     plan = plan_cells(spec, "cpu", (SHIPPED,))
     pre, cell = plan.pretrain[0], plan.finetune[0]
@@ -412,17 +419,22 @@ def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(tmp_
     assert comparable(run_cell(cell, work)) == comparable(stored)  # read back, not rerun
 
 
-def test_ray_executor_matches_the_in_process_one(tmp_path):
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")   # Ray starts its processes
+def test_ray_executor_matches_the_in_process_one(toy_study, tmp_path):
+    """The same two cells (a pre-training, then a fine-tuning that reads its checkpoint from the
+    work folder) as Ray tasks give the in-process results."""
     ray = pytest.importorskip("ray")
-    spec = toy_spec(tmp_path, tasks=("3m/medium", "3m/expert"), methods=())
-    plan = plan_cells(spec, "cpu", (SHIPPED,))
-    local = dict(LocalExecutor(progress=False).run(plan.pretrain, tmp_path / "local"))
+    spec, local, _, _ = toy_study
+    by_ray = ResultStore(tmp_path / "results")
     try:
         remote = executors.RayExecutor(init_options=dict(num_cpus=2, include_dashboard=False))
-        by_ray = dict(remote.run(plan.pretrain, tmp_path / "ray"))
+        counts = run_study(spec, "cpu", by_ray, tmp_path / "work", remote, (SHIPPED,),
+                           log=lambda _: None)
     finally:
         ray.shutdown()
-    assert len(local) == len(by_ray) == 2
-    for cell in plan.pretrain:
-        assert comparable(by_ray[cell]) == comparable(local[cell])
-        assert by_ray[cell]["final_test"]["win_rate"] == local[cell]["final_test"]["win_rate"]
+    assert counts == dict(cached=0, ran=2)
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    for cell in plan.pretrain + plan.finetune:
+        assert comparable(by_ray.load(cell)) == comparable(local.load(cell))
+        assert by_ray.load(cell)["final_test"]["win_rate"] == \
+            local.load(cell)["final_test"]["win_rate"]
