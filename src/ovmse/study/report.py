@@ -129,12 +129,11 @@ def _iqm_ci(scores) -> str:
 
 
 def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
-    by_task = _by_task(plan, results)
-    methods = list(scale.methods)
-    median_rows, iqm_rows = [], []
     # columns are methods: a task's cell of a method is found whatever its label says
     by_task = {task: {r["method"]: r for r in runs.values() if not r.get("offline_ratio")}
-               for task, runs in by_task.items()}
+               for task, runs in _by_task(plan, results).items()}
+    methods = list(scale.methods)
+    median_rows, iqm_rows = [], []
     for task, runs in by_task.items():
         offline = _fmt(_offline_win(plan, results, task))
         median_rows.append([task, offline] + [
