@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 
+from ovmse.runs import write_json
 from ovmse.config import NetworkConfig
 from ovmse.datasets.collect import collect_episodes
 from ovmse.datasets.store import load_dataset, verify_dataset, write_dataset
@@ -71,7 +72,7 @@ def main() -> None:
         print(json.dumps(r))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"datasets_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, result)
     print(f"wrote {path}")
 
 

@@ -33,7 +33,7 @@ import jax
 from ovmse.config import FinetuneConfig, PretrainConfig, TrainConfig, with_overrides
 from ovmse.methods import finetune_config
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
-from ovmse.runs import read_jsonl
+from ovmse.runs import read_jsonl, write_json
 from ovmse.stats import steps_to_threshold, transition_drop
 from ovmse.train.driver import train
 from ovmse.train.pretrain import pretrain
@@ -112,7 +112,7 @@ def main() -> None:
               f"{row['steps_to']['0.8']}, {row['env_steps_per_s']} env steps/s", flush=True)
         args.results_dir.mkdir(parents=True, exist_ok=True)
         stem = args.results_dir / f"finetune_{args.tag}"
-        stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+        write_json(stem.with_suffix(".json"), out)
         plot(out, offline_win, stem.with_suffix(".png"))
     print(f"wrote {args.results_dir / f'finetune_{args.tag}'}.json and .png")
 
@@ -178,7 +178,7 @@ def measure_throughput(args, pre_dir: Path) -> None:
                rows=rows)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"finetune_throughput_{args.tag}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(path, out)
     for r in rows:
         print(f"{r['method']:>16} {r['env_steps_per_s']:>9} env steps/s  "
               f"x{r['slowdown_vs_qmix']} of qmix's time")

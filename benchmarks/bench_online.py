@@ -30,7 +30,7 @@ from ovmse.buffers.episode import empty_batch, sample_episodes
 from ovmse.config import EnvConfig, TrainConfig
 from ovmse.envs import make_env
 from ovmse.learner import init_learner, learner_update, make_networks
-from ovmse.runs import read_jsonl
+from ovmse.runs import read_jsonl, write_json
 from ovmse.train.online import OnlineTrainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -311,7 +311,7 @@ def main() -> None:
                   f"{result['to_threshold'][f'{m}@0.8']}")
         plot_curves(curves, RESULTS / f"learning_curves_{args.tag}.png")
     path = RESULTS / f"online_{args.section}_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, result)
     print(f"wrote {path}")
 
 

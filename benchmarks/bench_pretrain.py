@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import tempfile
@@ -25,7 +24,7 @@ import jax
 
 from ovmse.config import CqlConfig, PretrainConfig
 from ovmse.plots import median_curve
-from ovmse.runs import read_jsonl
+from ovmse.runs import read_jsonl, write_json
 from ovmse.train.pretrain import pretrain
 
 RESULTS = Path(__file__).parent / "results"
@@ -118,7 +117,7 @@ def main() -> None:
                   f"{r['updates_per_s']} seed-updates/s", flush=True)
             # written after every run, so an interrupted benchmark keeps what it measured
             stem = args.results_dir / f"pretrain_{args.tag}"
-            stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+            write_json(stem.with_suffix(".json"), out)
             plot(results, stem.with_suffix(".png"))
     print(f"wrote {args.results_dir / f'pretrain_{args.tag}'}.json and .png")
     print(f"{'dataset':>8} {'alpha':>6} {'final median win':>17} {'dataset win':>12}")

@@ -246,10 +246,10 @@ def test_an_interrupted_study_resumes_without_redoing_finished_cells(tmp_path, m
     counts = run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,),
                        log=lambda s: None)
     assert calls == ["3m-medium-se", "3m-medium-switch-cql"]
-    assert counts == dict(cached=2, ran=2)
+    assert counts == dict(cached=2, ran=2, running_elsewhere=0)
     calls.clear()
     assert run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,),
-                     log=lambda s: None) == dict(cached=4, ran=0)
+                     log=lambda s: None) == dict(cached=4, ran=0, running_elsewhere=0)
     assert calls == []
 
 
@@ -406,7 +406,7 @@ def toy_study(tmp_path_factory):
 
 def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(toy_study):
     spec, store, work, counts = toy_study
-    assert counts == dict(cached=0, ran=2)
+    assert counts == dict(cached=0, ran=2, running_elsewhere=0)
     plan = plan_cells(spec, "cpu", (SHIPPED,))
     pre, cell = plan.pretrain[0], plan.finetune[0]
     assert (cell_dir(pre, work) / "checkpoint.npz").is_file()  # later cells start from it
@@ -432,7 +432,7 @@ def test_ray_executor_matches_the_in_process_one(toy_study, tmp_path):
                            log=lambda _: None)
     finally:
         ray.shutdown()
-    assert counts == dict(cached=0, ran=2)
+    assert counts == dict(cached=0, ran=2, running_elsewhere=0)
     plan = plan_cells(spec, "cpu", (SHIPPED,))
     for cell in plan.pretrain + plan.finetune:
         assert comparable(by_ray.load(cell)) == comparable(local.load(cell))

@@ -73,6 +73,19 @@ def test_resume_after_a_pause_gives_the_same_final_metrics(reference_run, tmp_pa
     assert resumed["final_test"] == summary["final_test"]
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(reference_run,
+                                                                           tmp_path):
+    run_dir, summary = reference_run
+    killed = tmp_path / "killed"  # what kill -9 during the first chunk leaves
+    killed.mkdir()
+    shutil.copy(run_dir / "config.json", killed / "config.json")
+    (killed / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    resumed = train(tiny_train_config(num_seeds=2), killed, resume=True, progress=False)
+    assert _without_wall_time(read_jsonl(killed / "metrics.jsonl")) == \
+        _without_wall_time(read_jsonl(run_dir / "metrics.jsonl"))
+    assert resumed["final_test"] == summary["final_test"]
+
+
 def test_cli_trains_and_prints_a_table(tmp_path, capsys):
     out = tmp_path / "cli-run"
     assert main(["train", *TINY_FLAGS, "--out", str(out)]) == 0

@@ -13,6 +13,7 @@ Usage: QMIX_LOG_FILE=out.jsonl python run_qmix_logged.py +alg=ql_rnn_smax [hydra
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -73,8 +74,10 @@ def _recording_log(metrics, *args, **kwargs):
     # in between, the logged test_* values are the previous (stale) ones.
     if te and upd is not None and np.ndim(upd) == 0:
         rec["is_test_point"] = int(upd) % te == 0
+    rec = {k: v if not isinstance(v, float) or math.isfinite(v) else None  # strict JSON
+           for k, v in rec.items()}
     with open(LOG_FILE, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+        f.write(json.dumps(rec, allow_nan=False) + "\n")
     if rec.get("is_test_point"):
         print(
             f"[qmix-log] t={rec['wall_s']:.1f}s env_step={rec.get('env_step')} "

@@ -12,6 +12,7 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -171,8 +172,10 @@ class DatasetBuild:
 
     map: str = "3m"
     """SMAX map."""
-    out: Path = Path("datasets/3m")
-    """Folder to hold the source run and one dataset folder per quality."""
+    out: Path | None = None
+    """Folder to hold the source run and one dataset folder per quality (default:
+    datasets-build/<map>, where the study looks for data after datasets/). A finished source
+    run of the same settings there is reused, an interrupted one resumed."""
     seed: int = 0
     """Seed of the training run and of the collection."""
     steps: int = 500_000
@@ -185,8 +188,14 @@ class DatasetBuild:
     """Behaviour epsilon of the medium and expert rollouts."""
     qualities: tuple[Quality, ...] = ("random", "medium-replay", "medium", "expert")
     """Which datasets to write."""
+    overwrite: bool = False
+    """Replace datasets that already exist under --out."""
     progress: bool = True
     """Show progress bars."""
+
+
+BUILD_ROOT = Path("datasets-build")
+"""Where dataset commands write by default: one folder per map, never the shipped datasets/."""
 
 
 def run_dataset_build(cmd: DatasetBuild) -> int:
@@ -195,13 +204,15 @@ def run_dataset_build(cmd: DatasetBuild) -> int:
     _check_collection_args(cmd.map, cmd.episodes, cmd.epsilon, cmd.seed)
     if cmd.steps <= 0:
         raise UserError(f"steps must be > 0, got {cmd.steps}")
-    record = build_datasets(cmd.map, cmd.out, seed=cmd.seed, steps=cmd.steps,
+    out = cmd.out or BUILD_ROOT / cmd.map
+    record = build_datasets(cmd.map, out, seed=cmd.seed, steps=cmd.steps,
                             episodes=cmd.episodes, eval_episodes=cmd.eval_episodes,
-                            epsilon=cmd.epsilon, qualities=cmd.qualities, progress=cmd.progress)
+                            epsilon=cmd.epsilon, qualities=cmd.qualities, progress=cmd.progress,
+                            overwrite=cmd.overwrite)
     print(f"expert: {record['expert']} (greedy win rate {record['expert_win_rate']:.3f}); "
           f"medium: {record['medium']} ({record['medium_win_rate']:.3f})")
     for quality, d in record["datasets"].items():
-        print(f"{cmd.out / quality}: {d['episodes']} episodes, {d['transitions']} transitions, "
+        print(f"{out / quality}: {d['episodes']} episodes, {d['transitions']} transitions, "
               f"mean return {d['mean_return']:.2f}, win rate {d['win_rate']:.3f}")
     return 0
 
@@ -225,8 +236,8 @@ class DatasetCollect:
     """Behaviour epsilon of policy rollouts."""
     eval_episodes: int = 256
     """Greedy episodes used to re-measure each snapshot's win rate (the build rule)."""
-    out: Path = Path("datasets/3m/random")
-    """Dataset folder to write."""
+    out: Path | None = None
+    """Dataset folder to write (default: datasets-build/<map>/<quality>)."""
     overwrite: bool = False
     """Replace an existing dataset at --out."""
     progress: bool = True
@@ -240,12 +251,13 @@ def run_dataset_collect(cmd: DatasetCollect) -> int:
     if cmd.quality != "random" and cmd.run is None:
         raise UserError(f"--quality {cmd.quality} needs --run RUN_DIR (a training run with "
                         f"policy snapshots)")
-    meta = collect_quality(cmd.map, cmd.quality, cmd.out, episodes=cmd.episodes, seed=cmd.seed,
+    out = cmd.out or BUILD_ROOT / cmd.map / cmd.quality
+    meta = collect_quality(cmd.map, cmd.quality, out, episodes=cmd.episodes, seed=cmd.seed,
                            run_dir=cmd.run, epsilon=cmd.epsilon,
                            eval_episodes=cmd.eval_episodes, overwrite=cmd.overwrite,
                            progress=cmd.progress)
     rate = meta["provenance"].get("episodes_per_s")
-    print(f"{cmd.out}: {meta['episodes']} episodes, {meta['transitions']} transitions, mean "
+    print(f"{out}: {meta['episodes']} episodes, {meta['transitions']} transitions, mean "
           f"return {meta['mean_return']:.2f}, win rate {meta['win_rate']:.3f}"
           + (f", {rate} episodes/s" if rate else ""))
     return 0
@@ -309,17 +321,21 @@ class DatasetMix:
 
     sources: tyro.conf.Positional[tuple[Path, ...]]
     """Dataset folders, in the order their episodes are kept."""
-    out: Path = Path("datasets/mixed")
-    """Dataset folder to write."""
+    out: Path | None = None
+    """Dataset folder to write (default: datasets-build/<map>/mixed)."""
     overwrite: bool = False
     """Replace an existing dataset at --out."""
 
 
 def run_dataset_mix(cmd: DatasetMix) -> int:
     from ovmse.datasets.mix import mix_datasets
+    from ovmse.datasets.store import read_metadata
 
-    meta = mix_datasets(list(cmd.sources), cmd.out, overwrite=cmd.overwrite)
-    print(f"{cmd.out}: {meta['episodes']} episodes from {len(cmd.sources)} datasets, mean return "
+    if not cmd.sources:
+        raise UserError("give the dataset folders to mix")
+    out = cmd.out or BUILD_ROOT / read_metadata(cmd.sources[0])["map"] / "mixed"
+    meta = mix_datasets(list(cmd.sources), out, overwrite=cmd.overwrite)
+    print(f"{out}: {meta['episodes']} episodes from {len(cmd.sources)} datasets, mean return "
           f"{meta['mean_return']:.2f}, win rate {meta['win_rate']:.3f}")
     return 0
 
@@ -351,7 +367,10 @@ class ExperimentRun:
     cpus_per_cell: float = 1.0
     """Ray: CPUs reserved per cell."""
     gpus_per_cell: float = 0.0
-    """Ray: GPUs reserved per cell (e.g. 1, or 0.25 to share a GPU)."""
+    """Ray: GPUs reserved per cell (e.g. 1, or 0.25 to share a GPU: four cells per GPU). Below 1,
+    each cell's JAX neither preallocates GPU memory nor uses more than 0.9 x this share of it
+    (XLA_PYTHON_CLIENT_PREALLOCATE=false, XLA_CLIENT_MEM_FRACTION), so the cells sharing a GPU
+    fit in it; whole GPUs keep JAX's defaults."""
     tasks: tuple[str, ...] = ()
     """Run only the cells of these map/quality tasks (default: all of the spec's)."""
     methods: tuple[str, ...] = ()
@@ -379,8 +398,10 @@ def run_experiment(cmd: ExperimentRun) -> int:
                 RayExecutor(cmd.address, cmd.cpus_per_cell, cmd.gpus_per_cell))
     counts = run_study(spec, cmd.scale, store, cmd.work_dir, executor, cmd.data_roots,
                        tasks=cmd.tasks, methods=cmd.methods)
-    print(f"{spec.name} ({cmd.scale}): ran {counts['ran']} cells, {counts['cached']} were cached; "
-          f"now `ovmse experiment report {cmd.spec} --scale {cmd.scale}`")
+    elsewhere = (f", {counts['running_elsewhere']} skipped (another runner holds them or their "
+                 f"pre-training; run again once it is done)" if counts["running_elsewhere"] else "")
+    print(f"{spec.name} ({cmd.scale}): ran {counts['ran']} cells, {counts['cached']} were cached"
+          f"{elsewhere}; now `ovmse experiment report {cmd.spec} --scale {cmd.scale}`")
     return 0
 
 
@@ -446,7 +467,15 @@ def main(argv: list[str] | None = None) -> int:
         config=(tyro.conf.OmitArgPrefixes,))
     handler = next(run for cls, run in commands.values() if type(cmd) is cls)
     try:
-        return handler(cmd)
+        code = handler(cmd)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`ovmse dataset info ... | head`): stop quietly, as a process
+        # killed by SIGPIPE would; stdout goes to devnull so the interpreter's final flush
+        # cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except UserError as e:
         print(f"ovmse: error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ovmse.errors import UserError
@@ -167,6 +168,18 @@ class TrainConfig:
     checkpoint_interval: int = 100_000
     """Env steps between resumable checkpoints (the last one is always written)."""
 
+    def resolved(self) -> "TrainConfig":
+        """The config as trained: the checkpoint and dataset paths made absolute, so that the
+        run folder's config.json works from any directory."""
+        finetune = dataclasses.replace(self.finetune, checkpoint=absolute(self.finetune.checkpoint),
+                                       dataset=absolute(self.finetune.dataset))
+        return dataclasses.replace(self, finetune=finetune)
+
+
+def absolute(path: str) -> str:
+    """`path` resolved against the current directory ("" stays "": no path)."""
+    return str(Path(path).resolve()) if path else ""
+
 
 def _offline_learner() -> LearnerConfig:
     return LearnerConfig(cql=CqlConfig(alpha=5.0))
@@ -208,11 +221,13 @@ class PretrainConfig:
     """Reward factor of the test environment: the datasets' rewards are on SMAC's scale."""
 
     def resolved(self) -> "PretrainConfig":
-        """The config as trained: learner.cql.calibrated follows algo."""
+        """The config as trained: learner.cql.calibrated follows algo; the dataset path is made
+        absolute (the run folder's config.json works from any directory)."""
         _check(not self.learner.cql.calibrated or self.algo == "macal-ql",
                "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
         cql = dataclasses.replace(self.learner.cql, calibrated=self.algo == "macal-ql")
-        return dataclasses.replace(self, learner=dataclasses.replace(self.learner, cql=cql))
+        return dataclasses.replace(self, dataset=absolute(self.dataset),
+                                   learner=dataclasses.replace(self.learner, cql=cql))
 
 
 @dataclass(frozen=True)
@@ -340,8 +355,12 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict) -> Any:
-    """Rebuild a (nested) config dataclass from `to_dict` output; unknown keys are an error."""
+def from_dict(cls: type, data: Any) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict` output (a config.json, a checkpoint's
+    config). UserError for an unknown key, a section that is not an object, or a value whose
+    type is not the field's (an int is accepted for a float); missing keys take defaults."""
+    _check(isinstance(data, dict), f"a {cls.__name__} must be a JSON object, got "
+                                   f"{type(data).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     _check(not unknown, f"unknown {cls.__name__} keys {sorted(unknown)}; "
@@ -349,8 +368,14 @@ def from_dict(cls: type, data: dict) -> Any:
     kwargs = {}
     for name, value in data.items():
         default = getattr(cls(), name)
-        kwargs[name] = (from_dict(type(default), value)
-                        if dataclasses.is_dataclass(default) else value)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = from_dict(type(default), value)
+            continue
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        _check(type(value) is type(default),
+               f"{cls.__name__}.{name} must be a {type(default).__name__}, got {value!r}")
+        kwargs[name] = value
     return cls(**kwargs)
 
 

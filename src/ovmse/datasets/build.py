@@ -85,6 +85,25 @@ def replay_buffer_episodes(cfg: TrainConfig, chunk: int, work_dir: Path) -> tupl
     return episodes, info
 
 
+def _check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
+    """UserError unless the run in `run_dir` was started with `cfg` (resolved)."""
+    stored, wanted = _flat(read_json(run_dir / "config.json")), _flat(to_dict(cfg.resolved()))
+    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if differ:
+        key = differ[0]
+        raise UserError(f"{run_dir} is a training run with {key} {stored.get(key)!r}, not "
+                        f"{wanted.get(key)!r}; choose another --out, or build with that run's "
+                        f"settings")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                    else {f"{prefix}{key}": value})
+    return flat
+
+
 def _run_config(run_dir: Path, map_name: str) -> TrainConfig:
     cfg = from_dict(TrainConfig, read_json(Path(run_dir) / "config.json"))
     if cfg.env.map != map_name:
@@ -110,7 +129,7 @@ def collect_quality(map_name: str, quality: str, out: Path, episodes: int, seed:
         batch, rate = collect_episodes(env, nets.agent, params, episodes, 1.0, seed,
                                        progress=progress)
         provenance = dict(base, generator="uniform random available actions",
-                          behaviour_epsilon=1.0, episodes_per_s=round(rate, 1))
+                          behaviour_epsilon=1.0, episodes_per_s=rate)
     else:
         if run_dir is None:
             raise UserError(f"quality {quality} needs a training run (--run RUN_DIR)")
@@ -136,7 +155,7 @@ def collect_quality(map_name: str, quality: str, out: Path, episodes: int, seed:
             batch, rate = collect_episodes(env, nets.agent, params, episodes, epsilon, seed,
                                            progress=progress)
             provenance = dict(base, generator=str(snapshot), generator_greedy_win_rate=win_rate,
-                              behaviour_epsilon=epsilon, episodes_per_s=round(rate, 1))
+                              behaviour_epsilon=epsilon, episodes_per_s=rate)
     return write_dataset(out, batch, env.spec, quality, provenance, overwrite=overwrite,
                          extra_files=extra_files)
 
@@ -144,16 +163,25 @@ def collect_quality(map_name: str, quality: str, out: Path, episodes: int, seed:
 def build_datasets(map_name: str, out: Path, seed: int = 0, steps: int = 500_000,
                    episodes: int = 1000, eval_episodes: int = 256, epsilon: float = 0.05,
                    qualities: tuple[str, ...] = QUALITIES, progress: bool = True,
-                   train_config: TrainConfig | None = None) -> dict:
-    """Train (unless `out`/source-run has finished already), pick snapshots and write one
-    dataset folder per quality under `out`/<quality>, plus `out`/build.json."""
+                   train_config: TrainConfig | None = None, overwrite: bool = False) -> dict:
+    """Train (or resume, or reuse the finished `out`/source-run of the same config), pick
+    snapshots and write one dataset folder per quality under `out`/<quality>, plus
+    `out`/build.json. Existing datasets there are replaced only with `overwrite`; a source run
+    of another config is never reused (UserError naming the first differing setting)."""
     out = Path(out)
     cfg = train_config or TrainConfig()
     cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, map=map_name), seed=seed,
                               num_seeds=1, steps=steps)
+    existing = [out / q for q in (*qualities, "build.json") if (out / q).exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} already exists; choose another --out, or pass "
+                        f"--overwrite to replace the datasets there")
     run_dir = out / "source-run"
+    started = (run_dir / "config.json").exists()
+    if started:
+        _check_same_run(run_dir, cfg)
     if not (run_dir / "summary.json").exists():
-        train(cfg, run_dir, progress=progress)
+        train(cfg, run_dir, resume=started, progress=progress)
     cfg = _run_config(run_dir, map_name)
     env = make_env(map_name, cfg.env.episode_limit, cfg.env.reward_scale)
     ranking = rank_snapshots(run_dir, make_networks(env.spec, cfg.network), env, eval_episodes,
@@ -168,7 +196,7 @@ def build_datasets(map_name: str, out: Path, seed: int = 0, steps: int = 500_000
                   medium_win_rate=ranking.win_rates[ranking.medium], datasets={})
     for quality in qualities:
         meta = collect_quality(map_name, quality, out / quality, episodes, seed, run_dir,
-                               epsilon, eval_episodes, overwrite=True, progress=progress,
+                               epsilon, eval_episodes, overwrite=overwrite, progress=progress,
                                ranking=ranking)
         record["datasets"][quality] = dict(episodes=meta["episodes"],
                                            transitions=meta["transitions"],

@@ -36,11 +36,11 @@ def _player(env: SmaxEnv, agent: RNNAgent, num_episodes: int, record: bool):
 
 def collect_episodes(env: SmaxEnv, agent: RNNAgent, agent_params, num_episodes: int,
                      epsilon: float, seed: int, batch: int = 64,
-                     progress: bool = False) -> tuple[EpisodeBatch, float]:
+                     progress: bool = False) -> tuple[EpisodeBatch, float | None]:
     """Play num_episodes episodes (epsilon = 1 is uniform random play over available actions).
 
     Returns (numpy EpisodeBatch [T(+1), num_episodes, ...], episodes per second measured after
-    the first batch, which includes compilation).
+    the first batch, which includes compilation; None when one batch played them all).
     """
     play = _player(env, agent, batch, True)
     base = jax.random.PRNGKey(seed)
@@ -56,7 +56,7 @@ def collect_episodes(env: SmaxEnv, agent: RNNAgent, agent_params, num_episodes: 
             parts.append(episodes)
             bar.update(min(batch, num_episodes - i * batch))
     elapsed = time.perf_counter() - start
-    rate = timed_episodes / elapsed if timed_episodes else float("nan")
+    rate = round(timed_episodes / elapsed, 1) if timed_episodes else None
     joined = EpisodeBatch(*(np.concatenate(fields, axis=1)[:, :num_episodes]
                             for fields in zip(*parts)))
     return joined, rate

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -33,7 +34,7 @@ from ovmse.buffers.episode import EpisodeBatch
 from ovmse.datasets.layout import ROW_FIELDS, episode_bounds, episodes_to_rows, rows_to_episodes
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
-from ovmse.runs import current_umask
+from ovmse.runs import current_umask, json_text
 
 FORMAT = "ovmse-dataset"
 FORMAT_VERSION = 1
@@ -138,6 +139,9 @@ def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: st
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists; choose another path or pass --overwrite")
     rows = episodes_to_rows(episodes)
+    bad = first_nonfinite(rows)
+    if bad:
+        raise UserError(f"refusing to write dataset {path}: {bad}; fix the data it came from")
     batch = rows_to_episodes(rows, spec.episode_limit)  # what a reader gets back
     returns = batch.episode_returns()
     meta = dict(
@@ -159,7 +163,7 @@ def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: st
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
         meta["manifest"] = _manifest(staging)
-        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        (staging / METADATA_FILE).write_text(json_text(meta, indent=1) + "\n")
         if path.exists():
             retired = path.with_name(f".{path.name}.old")
             shutil.rmtree(retired, ignore_errors=True)
@@ -174,7 +178,70 @@ def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: st
     return meta
 
 
+FLOAT_FIELDS = ("observations", "rewards", "infos.state")
+"""The stored arrays that can hold a non-finite value (the others are ints and bools)."""
+
+NUMBER = (int, float)
+METADATA_KEYS: dict[str, type | tuple[type, ...]] = dict(
+    map=str, quality=str, spec=dict, jaxmarl_version=str, provenance=dict, episodes=int,
+    transitions=int, rows=int, episode_returns=list, episode_lengths=list, episode_won=list,
+    win_rate=NUMBER, mean_return=NUMBER, array_sha256=dict, manifest=dict)
+"""Every key of dataset.json (besides format and format_version) and the type it holds."""
+SPEC_KEYS: dict[str, type | tuple[type, ...]] = dict(
+    map_name=str, num_agents=int, obs_dim=int, state_dim=int, num_actions=int,
+    episode_limit=int, reward_scale=NUMBER)
+
+
+def first_nonfinite(rows: dict[str, np.ndarray]) -> str | None:
+    """Where the first NaN or inf of the rows is ("rewards holds nan at row 7 (episode 1, step
+    3), index (7, 0)"), or None when every float array is finite."""
+    for name in FLOAT_FIELDS:
+        bad = np.argwhere(~np.isfinite(rows[name]))
+        if bad.size:
+            index = tuple(int(i) for i in bad[0])
+            row = index[0]
+            episode = int(np.sum(~rows["infos.filled"][:row]))
+            start = int(np.flatnonzero(~rows["infos.filled"][:row])[-1]) + 1 if episode else 0
+            return (f"{name} holds {rows[name][index]} at row {row} (episode {episode}, step "
+                    f"{row - start}), index {index}")
+    return None
+
+
+def _malformed(meta: dict) -> str | None:
+    """What is wrong with the structure of a dataset.json (format already checked), or None."""
+    for key, kind in METADATA_KEYS.items():
+        if key not in meta:
+            return f"key {key!r} is missing"
+        if kind is not NUMBER and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            return f"key {key!r} holds a {type(meta[key]).__name__}"
+    for key, kind in SPEC_KEYS.items():
+        if key not in meta["spec"] and key != "reward_scale":
+            return f"spec has no {key!r}"
+        if key in meta["spec"] and not isinstance(meta["spec"][key], kind):
+            return f"spec {key!r} holds a {type(meta['spec'][key]).__name__}"
+    if set(meta["spec"]) - set(SPEC_KEYS):
+        return f"spec has unknown keys {sorted(set(meta['spec']) - set(SPEC_KEYS))}"
+    numbers = {**{f"episode_returns[{i}]": x for i, x in enumerate(meta["episode_returns"])},
+               "win_rate": meta["win_rate"], "mean_return": meta["mean_return"]}
+    for name, x in numbers.items():
+        if not isinstance(x, NUMBER) or isinstance(x, bool) or not math.isfinite(x):
+            return f"{name} is {x!r}, not a finite number"
+    for key in ("episode_returns", "episode_lengths", "episode_won"):
+        if len(meta[key]) != meta["episodes"]:
+            return f"{key} has {len(meta[key])} entries for {meta['episodes']} episodes"
+    missing = [name for name in ROW_FIELDS if not isinstance(meta["array_sha256"].get(name), str)]
+    if missing:
+        return f"array_sha256 has no checksum of {missing[0]}"
+    for name, entry in meta["manifest"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
+                and isinstance(entry.get("sha256"), str)):
+            return f"manifest entry {name!r} is not {{bytes, sha256}}"
+    return None
+
+
 def read_metadata(path: Path) -> dict:
+    """The checked contents of a dataset's dataset.json. UserError when the file is missing,
+    not JSON, of another format or version, or lacks a key (or holds the wrong type)."""
     path = Path(path)
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
@@ -183,12 +250,16 @@ def read_metadata(path: Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path} is damaged ({e})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path} is not an ovmse dataset ({METADATA_FILE} has no format "
                         f"{FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path} has dataset format version {meta.get('format_version')}; this "
-                        f"ovmse reads version {FORMAT_VERSION}")
+        raise UserError(f"{path} has dataset format version {meta.get('format_version')!r}; "
+                        f"this ovmse reads version {FORMAT_VERSION}")
+    problem = _malformed(meta)
+    if problem:
+        raise UserError(f"{meta_path} is malformed: {problem}; restore it or rebuild the "
+                        f"dataset")
     return meta
 
 
@@ -228,6 +299,9 @@ def read_rows(path: Path, meta: dict) -> dict[str, np.ndarray]:
         if array_checksum(rows[name]) != meta["array_sha256"][name]:
             raise UserError(f"array {name} of dataset {path} fails its checksum (damaged); "
                             f"rebuild the dataset")
+    bad = first_nonfinite(rows)
+    if bad:
+        raise UserError(f"dataset {path} is unusable: {bad}; rebuild it")
     return rows
 
 
@@ -257,7 +331,8 @@ def verify_dataset(path: Path) -> dict:
 def load_dataset(path: Path, spec: EnvSpec | None = None) -> tuple[EpisodeBatch, dict]:
     """Read a dataset as a padded, time-major numpy EpisodeBatch after checking it.
 
-    `spec`, when given, must match the dataset's map and sizes (else a UserError says which).
+    `spec`, when given, must match the dataset's map, sizes and settings (else a UserError says
+    which).
     """
     path = Path(path)
     meta = read_metadata(path)
@@ -269,11 +344,18 @@ def load_dataset(path: Path, spec: EnvSpec | None = None) -> tuple[EpisodeBatch,
 
 
 def check_compatible(meta: dict, spec: EnvSpec, path: Path) -> None:
+    """UserError naming both values when the dataset was made with another map, size or
+    setting (episode limit, reward scale, SMAX version) than the environment `spec`."""
     stored = EnvSpec(**meta["spec"])
     if stored.map_name != spec.map_name:
         raise UserError(f"dataset {path} is from map {stored.map_name}, not {spec.map_name}")
-    for field in ("num_agents", "obs_dim", "state_dim", "num_actions", "episode_limit"):
+    for field in ("num_agents", "obs_dim", "state_dim", "num_actions", "episode_limit",
+                  "reward_scale"):
         if getattr(stored, field) != getattr(spec, field):
             raise UserError(f"dataset {path} has {field} {getattr(stored, field)}, this "
                             f"environment has {getattr(spec, field)}; it was made with another "
                             f"SMAX version or settings")
+    if meta["jaxmarl_version"] != jaxmarl_version():
+        raise UserError(f"dataset {path} was made with jaxmarl {meta['jaxmarl_version']}, this "
+                        f"environment has {jaxmarl_version()} (SMAX differs between versions); "
+                        f"install jaxmarl=={meta['jaxmarl_version']} or rebuild the data")

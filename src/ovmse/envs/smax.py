@@ -62,7 +62,8 @@ SMAX_EPISODE_LIMIT = 100
 
 
 class EnvSpec(NamedTuple):
-    """Sizes of one map, fixed for its whole lifetime."""
+    """Sizes of one map and the settings that shape its numbers, fixed for its whole lifetime.
+    Datasets and checkpoints store it; data is only used by runs whose spec equals it."""
 
     map_name: str
     num_agents: int
@@ -70,6 +71,9 @@ class EnvSpec(NamedTuple):
     state_dim: int
     num_actions: int
     episode_limit: int
+    reward_scale: float = 10.0
+    """Factor on SMAX's reward. Files written before it was recorded were all made at 10, the
+    project's only value then, hence the default."""
 
 
 class StepResult(NamedTuple):
@@ -110,6 +114,7 @@ class SmaxEnv:
             state_dim=int(self._env.state_size),
             num_actions=int(self._env.action_spaces[self._agents[0]].n),
             episode_limit=episode_limit,
+            reward_scale=float(reward_scale),
         )
 
     def _normalised_state(self, world_state: jax.Array, unit_types: jax.Array) -> jax.Array:

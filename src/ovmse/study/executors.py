@@ -2,6 +2,9 @@
 sends each cell to a Ray cluster as one task (pip install 'ovmse[ray]'), so that a paper-scale
 grid spreads over a cluster's CPUs and GPUs. Both yield (cell, result) as cells finish; the
 runner stores each result as it arrives, so an interrupted study loses at most its running cells.
+Both call `start(cell)` right before a cell would start (LocalExecutor: before running it;
+RayExecutor: in this driver process, before submitting it) and skip the cell when it returns
+False: the runner claims cells there, and this process holds the claims while they run.
 
 With Ray, every node must see `work_dir` (a shared filesystem; trivially so on one machine):
 fine-tuning cells read their pre-trained checkpoint from it.
@@ -9,25 +12,55 @@ fine-tuning cells read their pre-trained checkpoint from it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ovmse.errors import UserError
 from ovmse.study.cells import Cell, run_cell
 
 
+Start = Callable[[Cell], bool]
+"""Called right before a cell starts; the cell is skipped when it returns False."""
+
+
+def _always(cell: Cell) -> bool:
+    return True
+
+
+def ray_task_options(cpus_per_cell: float, gpus_per_cell: float) -> dict:
+    """Ray task options for one cell: its CPU and GPU reservation and, when it gets a fraction
+    of a GPU (0 < gpus_per_cell < 1: several cells, so several JAX processes, share one GPU),
+    environment variables so that they fit in it together: no preallocation (by default every
+    JAX process takes 75% of the GPU's memory as it starts) and a memory limit of
+    0.9 x gpus_per_cell of the GPU (XLA_CLIENT_MEM_FRACTION, e.g. "0.225" for 0.25, four cells
+    per GPU using at most 90% of it). Whole GPUs keep JAX's defaults."""
+    options: dict = dict(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell)
+    if 0 < gpus_per_cell < 1:
+        options["runtime_env"] = dict(env_vars=dict(
+            XLA_PYTHON_CLIENT_PREALLOCATE="false",
+            XLA_CLIENT_MEM_FRACTION=f"{0.9 * gpus_per_cell:.4g}"))
+    return options
+
+
 class LocalExecutor:
     def __init__(self, progress: bool = True):
         self.progress = progress
 
-    def run(self, cells: Sequence[Cell], work_dir: Path) -> Iterator[tuple[Cell, dict]]:
+    def run(self, cells: Sequence[Cell], work_dir: Path,
+            start: Start = _always) -> Iterator[tuple[Cell, dict]]:
         for cell in cells:
-            yield cell, run_cell(cell, work_dir, progress=self.progress)
+            if start(cell):
+                yield cell, run_cell(cell, work_dir, progress=self.progress)
 
 
 class RayExecutor:
     """One Ray task per cell. `address`: a running cluster ("auto", "ray://host:10001"), or None
-    to start a local Ray instance; `cpus_per_cell` / `gpus_per_cell` reserve resources per task."""
+    to start a local Ray instance; `cpus_per_cell` / `gpus_per_cell` reserve resources per task.
+    With a fraction of a GPU per cell (e.g. 0.25: four cells share each GPU), each task's JAX
+    neither preallocates GPU memory nor uses more than 0.9 x gpus_per_cell of it (see
+    `ray_task_options`), so the cells sharing a GPU cannot run it out of memory together.
+    When `run` stops early (a cell failed, an error or Ctrl-C in the runner), the cells still
+    pending are cancelled, so none runs on after the runner has released its claim."""
 
     def __init__(self, address: str | None = None, cpus_per_cell: float = 1.0,
                  gpus_per_cell: float = 0.0, init_options: dict | None = None):
@@ -38,12 +71,17 @@ class RayExecutor:
         self.ray = ray
         if not ray.is_initialized():
             ray.init(address=address, **(init_options or {}))
-        self.options = dict(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell)
+        self.options = ray_task_options(cpus_per_cell, gpus_per_cell)
 
-    def run(self, cells: Sequence[Cell], work_dir: Path) -> Iterator[tuple[Cell, dict]]:
+    def run(self, cells: Sequence[Cell], work_dir: Path,
+            start: Start = _always) -> Iterator[tuple[Cell, dict]]:
         task = self.ray.remote(run_cell).options(**self.options)
-        pending = {task.remote(cell, str(work_dir)): cell for cell in cells}
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(done[0])
-            yield cell, self.ray.get(done[0])
+        pending = {task.remote(cell, str(work_dir)): cell for cell in cells if start(cell)}
+        try:
+            while pending:
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(done[0])
+                yield cell, self.ray.get(done[0])
+        finally:   # stopped early (a failed cell, an error, Ctrl-C): before its claims go
+            for ref in pending:
+                self.ray.cancel(ref, force=True)

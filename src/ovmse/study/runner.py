@@ -1,5 +1,6 @@
 """`ovmse experiment run`: expand a spec's scale into cells and run every cell whose result is not
-cached yet, pre-training cells first (fine-tuning cells start from their checkpoints)."""
+cached yet, pre-training cells first (fine-tuning cells start from their checkpoints). Runners
+sharing a study split its cells between them through per-cell claims (claims.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from ovmse.config import PretrainConfig, TrainConfig, with_overrides
 from ovmse.errors import UserError
-from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, data_fingerprint
+from ovmse.study.cells import Cell, FinetuneCell, PretrainCell, cell_dir, data_fingerprint
+from ovmse.study.claims import Claims
 from ovmse.datasets.store import METADATA_FILE
 from ovmse.study.spec import Scale, Spec, task_map
 from ovmse.study.store import ResultStore
@@ -102,33 +104,99 @@ def run_study(spec: Spec, scale_name: str, store: ResultStore, work_dir: Path, e
               roots: tuple[Path, ...] = DATA_ROOTS, log=print, tasks: tuple[str, ...] = (),
               methods: tuple[str, ...] = ()) -> dict:
     """Run the cells of `spec` at `scale_name` that `store` lacks (only those on `tasks` and
-    `methods` when given); returns counts {cached, ran}. Pre-training cells also rerun when a
-    fine-tuning cell to run needs their checkpoint and `work_dir` no longer has it (the cached
-    result is kept and compared)."""
+    `methods` when given); returns counts {cached, ran, running_elsewhere}. Pre-training cells
+    also rerun when a fine-tuning cell to run needs their checkpoint and `work_dir` no longer
+    has it (the cached result is kept and compared).
+
+    Several runners may work on one study at once (processes, machines sharing `work_dir`):
+    each cell is claimed (claims.py) right before it starts and released once its result is
+    stored, or on any error. A cell another live runner holds is skipped, and so is every
+    fine-tuning cell starting from a pre-training cell held elsewhere and not finished; both
+    count as running_elsewhere (run again once that runner is done). A cell that another runner
+    finished between planning and claiming counts as cached and is not rerun."""
     plan = select(plan_cells(spec, scale_name, roots), tasks, methods)
     require_data(plan, roots)
     todo = [c for c in plan.finetune if not store.has(c)]
     needed = {c.pretrain.key for c in todo}
     for cell in plan.pretrain:
         _check_same_data(cell, store)
-    pre_todo = [c for c in plan.pretrain if not store.has(c) or (
-        c.key in needed and not (cell_dir(c, work_dir) / "summary.json").exists())]
+    pre_todo = [c for c in plan.pretrain if _to_run(c, store, work_dir, needed)]
     cached = len(plan.pretrain) + len(plan.finetune) - len(pre_todo) - len(todo)
     log(f"{spec.name} ({scale_name}): {len(pre_todo)} pre-training and {len(todo)} fine-tuning "
         f"cells to run, {cached} cached in {store.root}")
-    for cell, result in executor.run(pre_todo, work_dir):
-        if store.has(cell) and store.load(cell)["final_test"] != result["final_test"]:
-            log(f"warning: {cell.name} reran with a different final test than its cached result "
-                f"(another machine or software version?); fine-tuning starts from the new run")
-        elif not store.has(cell):
+    with Claims(work_dir) as claims:
+        gate = Gate(claims, lambda c: _to_run(c, store, work_dir, needed), log)
+        for cell, result in executor.run(pre_todo, work_dir, gate.start):
+            if store.has(cell) and store.load(cell)["final_test"] != result["final_test"]:
+                log(f"warning: {cell.name} reran with a different final test than its cached "
+                    f"result (another machine or software version?); fine-tuning starts from "
+                    f"the new run")
+            elif not store.has(cell):
+                store.save(cell, result)
+            gate.finish(cell)
+            log(f"done {cell.name} ({cell.key}): final median win rate "
+                f"{result['final_test']['median_win_rate']:.3f}")
+        for cell, result in executor.run(todo, work_dir, gate.start):
             store.save(cell, result)
-        log(f"done {cell.name} ({cell.key}): final median win rate "
-            f"{result['final_test']['median_win_rate']:.3f}")
-    for cell, result in executor.run(todo, work_dir):
-        store.save(cell, result)
-        log(f"done {cell.name} ({cell.key}): final median win rate "
-            f"{result['final_test']['median_win_rate']:.3f}, {result['wall_s']:.0f} s")
-    return dict(cached=cached, ran=len(pre_todo) + len(todo))
+            gate.finish(cell)
+            log(f"done {cell.name} ({cell.key}): final median win rate "
+                f"{result['final_test']['median_win_rate']:.3f}, {result['wall_s']:.0f} s")
+    if gate.elsewhere:
+        log(f"{len(gate.elsewhere)} cells skipped: another runner is running them or the "
+            f"pre-training cells they start from; run again once it is done")
+    return dict(cached=cached + gate.finished_elsewhere, ran=gate.ran,
+                running_elsewhere=len(gate.elsewhere))
+
+
+def _to_run(cell: Cell, store: ResultStore, work_dir: Path, needed: set[str]) -> bool:
+    """Whether `cell` has to run: no stored result, or (pre-training) a checkpoint that a
+    fine-tuning cell to run (`needed`: their pre-training keys) needs is gone from work_dir."""
+    if not store.has(cell):
+        return True
+    return (isinstance(cell, PretrainCell) and cell.key in needed
+            and not (cell_dir(cell, work_dir) / "summary.json").exists())
+
+
+class Gate:
+    """Decides, right before an executor starts a cell, whether this runner runs it (the
+    executor's `start` callback), holds its claim while it runs, and counts what it skipped."""
+
+    def __init__(self, claims: Claims, to_run, log=print):
+        self.claims, self.to_run, self.log = claims, to_run, log
+        self.elsewhere: set[str] = set()
+        """Keys of the cells skipped because another runner holds them or their start."""
+        self.finished_elsewhere = 0
+        self.ran = 0
+
+    def start(self, cell: Cell) -> bool:
+        """True when this runner now holds `cell`'s claim and the cell still has to run (then
+        `finish` must follow); False, with one log line, when it must be skipped."""
+        start = getattr(cell, "pretrain", None)
+        if start is not None and start.key in self.elsewhere and self.to_run(start):
+            return self._skip(cell, f"it starts from {start.name}, which is running elsewhere")
+        if not self.claims.acquire(cell):
+            holder = self.claims.holder(cell)
+            return self._skip(cell, "running elsewhere (" + (
+                holder.describe() if holder else "just released") + ")")
+        if not self.to_run(cell):
+            self.claims.release(cell)
+            self.finished_elsewhere += 1
+            self.log(f"skip {cell.name} ({cell.key}): another runner has just finished it")
+            return False
+        return True
+
+    def finish(self, cell: Cell) -> None:
+        """Release the claim of a cell whose result is stored."""
+        self.ran += 1
+        if not self.claims.release(cell):
+            self.log(f"warning: another runner took over the claim on {cell.name} "
+                     f"({cell.key}) while this one ran it (was this process paused for "
+                     f"minutes?); it may be running that cell again")
+
+    def _skip(self, cell: Cell, why: str) -> bool:
+        self.elsewhere.add(cell.key)
+        self.log(f"skip {cell.name} ({cell.key}): {why}")
+        return False
 
 
 def _check_same_data(cell: PretrainCell, store: ResultStore) -> None:

@@ -17,16 +17,16 @@ import numpy as np
 from tqdm import tqdm
 
 from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
-from ovmse.errors import UserError
+from ovmse.errors import UserError, warn_user
 from ovmse.evaluation import TestStats
 from ovmse.plots import plot_learning_curve
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
-                        read_checkpoint_meta, read_json, read_jsonl, save_checkpoint, write_json,
-                        write_jsonl)
+                        read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
+                        save_checkpoint, write_json, write_jsonl)
 from ovmse.snapshots import save_policy_snapshot
+from ovmse.train.health import check_finite
 from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.online import ChunkStats, OnlineTrainer
-
 
 
 def chunk_ends(cfg: TrainConfig) -> list[int]:
@@ -85,21 +85,35 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     """Train (or resume) online QMIX into `run_dir`; returns the summary dict.
 
     `stop_after_chunks` pauses the run after that many chunks (test intervals) in total, with a
-    checkpoint, and returns None: `resume=True` later continues it exactly.
+    checkpoint, and returns None: `resume=True` later continues it exactly. Resuming a folder
+    that has no checkpoint yet (its run was killed early) starts it again from its config.json.
+    The inputs (pre-trained checkpoint, offline data) are loaded before the folder is made, and
+    a run that fails before its first checkpoint leaves no folder behind. Paths are stored
+    resolved, so the run folder works from any directory. UserError when a seed's loss or
+    networks become non-finite (the last good checkpoint is kept).
     """
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_FILE
     if resume:
-        cfg = _resumable_config(run_dir)
+        cfg, from_checkpoint = _resumable_config(run_dir)
     else:
+        cfg, from_checkpoint = cfg.resolved(), False
         validate_train(cfg)
+    trainer = OnlineTrainer(cfg)
+    pretrained, data = offline_inputs(cfg, trainer)
+    if not resume:
         new_run_dir(run_dir)
         write_json(run_dir / "config.json", to_dict(cfg))
-    trainer = OnlineTrainer(cfg)
-    ends = chunk_ends(cfg)
-    pretrained, data = offline_inputs(cfg, trainer)
+    with removed_if_unfinished(run_dir):
+        return _train_loop(cfg, trainer, pretrained, data, run_dir, from_checkpoint, progress,
+                           stop_after_chunks)
 
-    if resume:
+
+def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_dir: Path,
+                from_checkpoint: bool, progress: bool,
+                stop_after_chunks: int | None) -> dict | None:
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    ends = chunk_ends(cfg)
+    if from_checkpoint:
         if pretrained is None:
             template = jax.eval_shape(trainer.init, trainer.seed_keys())
         else:
@@ -114,6 +128,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         start_chunk, wall_offset = 0, 0.0
         records = _records(0, states, None, test, trainer, 0.0)
         _save_snapshot(run_dir, 0, states, records, cfg)
+        warn_if_few_updates(cfg, trainer.offline_share(),
+                            float(np.mean([r["test_ep_length"] for r in records])))
     write_jsonl(run_dir / "metrics.jsonl", records)
 
     if stop_after_chunks is not None and start_chunk >= stop_after_chunks:
@@ -127,6 +143,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     for chunk in range(start_chunk + 1, len(ends) + 1):
         until = ends[chunk - 1]
         states, stats = trainer.run_chunk(states, jnp.int32(until), data)
+        check_finite(states.learner, stats.update_metrics, cfg.seed,
+                     f"env steps {ends[chunk - 2] if chunk > 1 else 0}-{until}", run_dir,
+                     f"env step {last_saved_step}" if ckpt_path.exists() else None)
         test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
         wall_s = wall_offset + time.perf_counter() - start
         new = _records(chunk, states, stats, test, trainer, wall_s)
@@ -153,6 +172,37 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     plot_learning_curve(records, run_dir / "learning_curve.png",
                         f"{run_title(cfg)} on SMAX {cfg.env.map}, {cfg.num_seeds} seed(s)")
     return summary
+
+
+def _iterations(cfg: TrainConfig, episode_length: float) -> int:
+    """Rounds of num_envs episodes a seed plays if its episodes last `episode_length` steps."""
+    return math.ceil(cfg.steps / (cfg.num_envs * max(episode_length, 1.0)))
+
+
+def expected_updates(cfg: TrainConfig, offline_share: int, episode_length: float) -> int:
+    """About how many gradient steps a seed makes over the run, if its episodes last
+    `episode_length` steps: one round of num_envs episodes per iteration, updates once the
+    online buffer holds batch_size - offline_share episodes."""
+    filling = math.ceil((cfg.learner.batch_size - offline_share) / cfg.num_envs)
+    return (max(_iterations(cfg, episode_length) - filling + 1, 0)
+            * cfg.learner.updates_per_iteration)
+
+
+def warn_if_few_updates(cfg: TrainConfig, offline_share: int, episode_length: float) -> None:
+    """Say before training when the settings leave (almost) no gradient step: the buffer must
+    hold a batch of episodes first. The length is the first greedy test's (an estimate)."""
+    updates = expected_updates(cfg, offline_share, episode_length)
+    iterations = _iterations(cfg, episode_length)
+    if updates >= iterations * cfg.learner.updates_per_iteration / 2:
+        return
+    needed = cfg.learner.batch_size - offline_share
+    steps_needed = math.ceil(needed * max(episode_length, 1.0))
+    outcome = ("no gradient update at all" if updates == 0 else
+               f"only about {updates} gradient updates in {iterations} iterations")
+    warn_user(f"{cfg.steps} env steps play about {cfg.steps / max(episode_length, 1.0):.0f} "
+              f"episodes (~{episode_length:.0f} steps each at the first test), and learning "
+              f"starts once {needed} are stored (--batch-size {cfg.learner.batch_size}): expect "
+              f"{outcome}; give --steps well above {steps_needed} or a smaller --batch-size")
 
 
 def run_title(cfg: TrainConfig) -> str:
@@ -192,17 +242,20 @@ def offline_inputs(cfg: TrainConfig, trainer: OnlineTrainer):
     return learner, data
 
 
-def _resumable_config(run_dir: Path) -> TrainConfig:
-    """The config of an interrupted run, checked against its checkpoint."""
+def _resumable_config(run_dir: Path) -> tuple[TrainConfig, bool]:
+    """The config of an interrupted run, checked against its checkpoint, and whether there is a
+    checkpoint to continue from (False: the run was killed before its first one)."""
     if not run_dir.is_dir():
         raise UserError(f"cannot resume {run_dir}: no such run folder")
     cfg = from_dict(TrainConfig, read_json(run_dir / "config.json"))
     validate_train(cfg)
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        return cfg, False
     meta = read_checkpoint_meta(run_dir / CHECKPOINT_FILE)
     if meta.get("kind") != "online-train-state" or meta.get("config") != to_dict(cfg):
         raise UserError(f"checkpoint in {run_dir} was not written by the run of its config.json "
                         f"(kind {meta.get('kind')!r}); it cannot be resumed")
-    return cfg
+    return cfg, True
 
 
 def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: float) -> dict:

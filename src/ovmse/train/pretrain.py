@@ -29,8 +29,9 @@ from ovmse.evaluation import TestStats
 from ovmse.learner import LearnerState, init_learner, make_networks
 from ovmse.plots import plot_learning_curve
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
-                        read_checkpoint_meta, read_json, read_jsonl, save_checkpoint, write_json,
-                        write_jsonl)
+                        read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
+                        save_checkpoint, write_json, write_jsonl)
+from ovmse.train.health import check_finite, nonfinite_part
 from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
 
@@ -52,7 +53,7 @@ def _load_data(cfg: PretrainConfig):
     spec = EnvSpec(**meta["spec"])
     if data.num_episodes < cfg.learner.batch_size:
         raise UserError(f"dataset {cfg.dataset} holds {data.num_episodes} episodes, fewer than "
-                        f"the batch of {cfg.learner.batch_size}; lower --learner.batch-size")
+                        f"the batch of {cfg.learner.batch_size}; lower --batch-size")
     return trim_to_longest(data), meta, spec
 
 
@@ -84,27 +85,37 @@ def _checkpoint_meta(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, chu
 def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
              stop_after_chunks: int | None = None) -> dict | None:
     """Pre-train (or resume) offline into `run_dir`; returns the summary dict, or None when
-    paused by `stop_after_chunks` (a checkpoint is written; resume=True continues exactly)."""
+    paused by `stop_after_chunks` (a checkpoint is written; resume=True continues exactly).
+    Resuming a folder with no checkpoint yet starts the run again from its config.json. The
+    dataset is loaded before the folder is made, and a run that fails before its first
+    checkpoint leaves no folder behind. UserError when a seed's loss or networks become
+    non-finite (the last good checkpoint is kept)."""
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_FILE
     if resume:
         cfg, ckpt_meta = _resumable(run_dir)
     else:
-        cfg = cfg.resolved()
+        cfg, ckpt_meta = cfg.resolved(), None
         validate_pretrain(cfg)
     data, dataset_meta, spec = _load_data(cfg)
-    trainer = OfflineTrainer(cfg, spec, data.filled.shape[0])
-    check_compatible(dataset_meta, trainer.spec, Path(cfg.dataset))
-    if resume and ckpt_meta["dataset"]["fingerprint"] != dataset_fingerprint(dataset_meta):
+    if ckpt_meta and ckpt_meta["dataset"]["fingerprint"] != dataset_fingerprint(dataset_meta):
         raise UserError(f"dataset {cfg.dataset} changed since {run_dir} started; resume needs the "
                         f"same data")
+    trainer = OfflineTrainer(cfg, spec, data.filled.shape[0])
+    check_compatible(dataset_meta, trainer.spec, Path(cfg.dataset))
     if not resume:
         new_run_dir(run_dir)
         write_json(run_dir / "config.json", to_dict(cfg))
-    data = jax.device_put(data)
-    ends = chunk_ends(cfg)
+    with removed_if_unfinished(run_dir):
+        return _pretrain_loop(cfg, trainer, jax.device_put(data), dataset_meta, spec, run_dir,
+                              ckpt_meta is not None, progress, stop_after_chunks)
 
-    if resume:
+
+def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_meta: dict,
+                   spec: EnvSpec, run_dir: Path, from_checkpoint: bool, progress: bool,
+                   stop_after_chunks: int | None) -> dict | None:
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    ends = chunk_ends(cfg)
+    if from_checkpoint:
         template = jax.eval_shape(trainer.init, trainer.seed_keys())
         states, meta = load_checkpoint(ckpt_path, template)
         start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
@@ -131,6 +142,9 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress:
     for chunk in range(start_chunk + 1, len(ends) + 1):
         until = ends[chunk - 1]
         states, stats = trainer.run_chunk(states, data, jnp.int32(until))
+        check_finite(states.learner, stats.update_metrics, cfg.seed,
+                     f"gradient steps {ends[chunk - 2] if chunk > 1 else 0}-{until}", run_dir,
+                     f"gradient step {last_saved}" if ckpt_path.exists() else None)
         test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
         wall_s = wall_offset + time.perf_counter() - start
         new = _records(chunk, states, stats, test, cfg, wall_s)
@@ -163,11 +177,15 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress:
     return summary
 
 
-def _resumable(run_dir: Path) -> tuple[PretrainConfig, dict]:
+def _resumable(run_dir: Path) -> tuple[PretrainConfig, dict | None]:
+    """The config of an interrupted run and its checkpoint's metadata (None: the run was killed
+    before its first checkpoint)."""
     if not run_dir.is_dir():
         raise UserError(f"cannot resume {run_dir}: no such run folder")
     cfg = from_dict(PretrainConfig, read_json(run_dir / "config.json"))
     validate_pretrain(cfg)
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        return cfg, None
     meta = read_checkpoint_meta(run_dir / CHECKPOINT_FILE)
     if meta.get("kind") != CHECKPOINT_KIND or meta.get("config") != to_dict(cfg):
         raise UserError(f"checkpoint in {run_dir} was not written by the pre-training run of its "
@@ -226,6 +244,10 @@ def load_pretrained(path: Path, spec: EnvSpec | None = None) -> tuple[LearnerSta
 
     keys = seed_keys(cfg.seed, cfg.num_seeds)
     states, _ = load_checkpoint(ckpt, jax.eval_shape(jax.vmap(init_one), keys))
+    bad = nonfinite_part(states.learner)
+    if bad:
+        raise UserError(f"{ckpt} holds non-finite {bad[1]} (seed {cfg.seed + bad[0]}); it "
+                        f"cannot start fine-tuning: pre-train again")
     return states.learner, meta
 
 
