@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from pathlib import Path
 
-import jax
 import pytest
 
+from ovmse import compilation_cache
 from ovmse.config import EnvConfig, ExplorationConfig, LearnerConfig, NetworkConfig, TrainConfig
 
 # The tests build the same toy programs many times (each trainer jits its own); JAX's persistent
 # compilation cache compiles each once per machine and serves the repeats from disk (the same
-# executable, so the same numbers).
-jax.config.update("jax_compilation_cache_dir",
-                  str(Path(tempfile.gettempdir()) / "ovmse-tests-jax-cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# executable, so the same numbers). The CLI's own cache setting is pointed at the same folder.
+os.environ[compilation_cache.ENV_VAR] = str(Path(tempfile.gettempdir()) / "ovmse-tests-jax-cache")
+compilation_cache.enable()
 
 
 def tiny_train_config(**overrides) -> TrainConfig:

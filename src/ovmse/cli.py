@@ -457,6 +457,9 @@ GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ovmse import compilation_cache
+
+    compilation_cache.enable()
     argv = list(sys.argv[1:] if argv is None else argv)
     group = argv.pop(0) if argv and argv[0] in GROUPS and argv[0] else ""
     commands = GROUPS[group]
