@@ -200,10 +200,10 @@ def first_nonfinite(rows: dict[str, np.ndarray]) -> str | None:
         if bad.size:
             index = tuple(int(i) for i in bad[0])
             row = index[0]
-            episode = int(np.sum(~rows["infos.filled"][:row]))
-            start = int(np.flatnonzero(~rows["infos.filled"][:row])[-1]) + 1 if episode else 0
-            return (f"{name} holds {rows[name][index]} at row {row} (episode {episode}, step "
-                    f"{row - start}), index {index}")
+            final_rows = np.flatnonzero(~rows["infos.filled"][:row])  # of earlier episodes
+            start = int(final_rows[-1]) + 1 if final_rows.size else 0
+            return (f"{name} holds {rows[name][index]} at row {row} (episode "
+                    f"{final_rows.size}, step {row - start}), index {index}")
     return None
 
 
@@ -214,7 +214,7 @@ def _malformed(meta: dict) -> str | None:
             return f"key {key!r} is missing"
         if kind is not NUMBER and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
             return f"key {key!r} holds a {type(meta[key]).__name__}"
-    for key, kind in SPEC_KEYS.items():
+    for key, kind in SPEC_KEYS.items():  # files from before reward_scale lack it (EnvSpec)
         if key not in meta["spec"] and key != "reward_scale":
             return f"spec has no {key!r}"
         if key in meta["spec"] and not isinstance(meta["spec"][key], kind):
