@@ -143,8 +143,10 @@ def removed_if_unfinished(run_dir: Path):
 
 
 # Version 2 of the checkpoint format (see save_checkpoint): leaves of at least this many bytes are
-# stored as their nonzero 64-byte blocks, compressed; smaller ones as plain .npy members.
-_COMPACT_MIN_BYTES = 1 << 16
+# stored as their nonzero 64-byte blocks, compressed; smaller ones as plain .npy members. 256 KiB:
+# every array of a replay buffer of the default size (a bool [T, B] is 500 KB per seed) is above
+# it, the network weights of up to 3 seeds (64 KiB per seed at most, default sizes) are below it.
+_COMPACT_MIN_BYTES = 1 << 18
 _BLOCK_BYTES = 64
 _CHUNK_BLOCKS = 1 << 17  # blocks per compressed chunk: 8 MiB of the array
 _ZLIB_LEVEL = 1
@@ -157,7 +159,7 @@ def save_checkpoint(path: Path, tree: Any, meta: dict) -> None:
     Leaf i (in tree-flattening order) is stored under the name leaf_{i:05d}; the member meta.npy
     holds `meta` as JSON, plus the format, its version and, per leaf, its key path, shape, dtype
     and storage, so that loading can check them against the expected structure. Storage is
-      "npy"             leaf_XXXXX.npy: the array as np.save writes it. Leaves under 64 KiB,
+      "npy"             leaf_XXXXX.npy: the array as np.save writes it. Leaves under 256 KiB,
                         and every leaf of a version-1 file.
       "nonzero-blocks"  the array's bytes (C order) cut into 64-byte blocks (the last one padded
                         with zeros); leaf_XXXXX_mask.npy: one bit per block (np.packbits), set iff
@@ -271,11 +273,13 @@ def _read_nonzero_blocks(npz, stem: str, info: dict, shape: tuple, dtype: np.dty
     def unpack(item):
         k, packed = item
         lo, hi = k * chunk, min((k + 1) * chunk, n_blocks)
-        data = zlib.decompress(packed)
         rows = keep[lo:hi]
-        if len(data) != int(rows.sum()) * size:
-            raise ValueError(f"chunk {k} of {stem} holds {len(data)} bytes, its mask says "
-                             f"{int(rows.sum()) * size}")
+        expected = int(rows.sum()) * size
+        inflate = zlib.decompressobj()
+        data = inflate.decompress(packed, expected + 1)  # bounded, whatever the damage
+        if len(data) != expected or not inflate.eof or inflate.unused_data:
+            raise ValueError(f"chunk {k} of {stem} does not hold the {expected} bytes its mask "
+                             f"says")
         out[lo:hi][rows] = np.frombuffer(data, np.uint8).reshape(-1, size)
 
     with npz.zip.open(f"{stem}_blocks.zlib") as f:
