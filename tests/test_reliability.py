@@ -329,6 +329,7 @@ MALFORMED = {
     "returns too short": lambda meta: meta["episode_returns"].pop(),
     "no checksum": lambda meta: meta["array_sha256"].pop("rewards"),
     "format version": lambda meta: meta.update(format_version=99),
+    "format version true": lambda meta: meta.update(format_version=True),
     "not an object": lambda meta: meta.clear() or meta.update(format=None),
 }
 
@@ -423,11 +424,14 @@ def test_a_closed_pipe_is_not_a_traceback():
 # 10. Data made under other settings than the run's is refused, naming both values.
 
 def test_a_dataset_records_its_reward_scale_and_pretraining_refuses_another(
-        tmp_path, shipped_medium):
+        tmp_path, shipped_medium, capsys):
     batch, _ = shipped_medium
     spec = make_env("3m", reward_scale=5.0).spec
     write_dataset(tmp_path / "scaled", batch, spec, "medium", {})
     assert read_metadata(tmp_path / "scaled")["spec"]["reward_scale"] == 5.0
+    assert main(["dataset", "info", str(tmp_path / "scaled")]) == 0
+    card = capsys.readouterr().out
+    assert "reward scale 5)" in card and "(SMAX reward x 5)" in card
     cfg = dataclasses.replace(TINY_PRETRAIN, dataset=str(tmp_path / "scaled"))
     with pytest.raises(UserError, match="reward_scale 5.0, this environment has 10.0"):
         pretrain(cfg, tmp_path / "run", progress=False)

@@ -492,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("ovmse: interrupted; finished files are kept, unfinished ones were not written "
-              "(a training run resumes with --resume RUN_DIR)", file=sys.stderr)
+              "(a training run resumes with --resume RUN_DIR; one stopped before its first "
+              "checkpoint was removed)", file=sys.stderr)
         return 130
 
 

@@ -28,14 +28,17 @@ def dataset_card(meta: dict, path: str = "") -> str:
     won = np.asarray(meta["episode_won"], bool)
     spec = meta["spec"]
     prov = meta.get("provenance", {})
+    reward_scale = spec.get("reward_scale", 10.0)  # files from before it was recorded: 10
+    scale = "SMAC scale, 0-20" if reward_scale == 10 else f"SMAX reward x {reward_scale:g}"
     lines = [
         f"dataset {path}".rstrip(),
         f"  map {meta['map']} ({spec['num_agents']} agents, obs {spec['obs_dim']}, state "
-        f"{spec['state_dim']}, actions {spec['num_actions']}, limit {spec['episode_limit']}), "
-        f"quality {meta['quality']}, jaxmarl {meta['jaxmarl_version']}",
+        f"{spec['state_dim']}, actions {spec['num_actions']}, limit {spec['episode_limit']}, "
+        f"reward scale {reward_scale:g}), quality {meta['quality']}, "
+        f"jaxmarl {meta['jaxmarl_version']}",
         f"  episodes {meta['episodes']}, transitions {meta['transitions']}",
         f"  return    mean {returns.mean():.2f}  std {returns.std():.2f}  min {returns.min():.2f}"
-        f"  max {returns.max():.2f}   (SMAC scale, 0-20)",
+        f"  max {returns.max():.2f}   ({scale})",
         f"  win rate  {won.mean():.3f}",
         f"  length    mean {lengths.mean():.1f}  min {lengths.min()}  max {lengths.max()}",
         "  made by   " + ", ".join(f"{k}={v}" for k, v in sorted(prov.items())

@@ -137,7 +137,8 @@ def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: st
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists; choose another path or pass --overwrite")
+        raise UserError(f"{path} already exists; choose another --out, or pass --overwrite to "
+                        f"replace it")
     rows = episodes_to_rows(episodes)
     bad = first_nonfinite(rows)
     if bad:
@@ -253,9 +254,10 @@ def read_metadata(path: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path} is not an ovmse dataset ({METADATA_FILE} has no format "
                         f"{FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path} has dataset format version {meta.get('format_version')!r}; "
-                        f"this ovmse reads version {FORMAT_VERSION}")
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise UserError(f"{path} has dataset format version {version!r} "
+                        f"({type(version).__name__}); this ovmse reads version {FORMAT_VERSION}")
     problem = _malformed(meta)
     if problem:
         raise UserError(f"{meta_path} is malformed: {problem}; restore it or rebuild the "
