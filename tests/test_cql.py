@@ -211,3 +211,40 @@ def test_padding_steps_do_not_change_the_regulariser():
     a = qmix_loss(state.params, state.target_params, nets, batch, cfg)[1].cql
     b = qmix_loss(state.params, state.target_params, nets, noisy, cfg)[1].cql
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def _whole_array_joint_push_down(key, agent_q, avail, weights, reference, num_samples):
+    """joint_push_down as it was computed before the time-step blocking (all steps at once):
+    the reference the blocked computation must reproduce."""
+    actions = jnp.moveaxis(sample_available_actions(key, avail, num_samples), 0, -2)
+    one_hot = jax.nn.one_hot(actions, agent_q.shape[-1], dtype=agent_q.dtype)
+    qs = jnp.einsum("...kna,...na->...kn", one_hot, agent_q)
+    hidden = jax.nn.elu(jnp.einsum("...kn,...ne->...ke", qs, weights.w1)
+                        + weights.b1[..., None, :])
+    q_tot = jnp.einsum("...ke,...e->...k", hidden, weights.w2) + weights.v[..., None]
+    calibrated = jnp.maximum(q_tot, reference[..., None])
+    return jax.nn.logsumexp(calibrated, axis=-1) - np.log(num_samples)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_joint_push_down_step_by_step_equals_the_whole_array_computation(calibrated):
+    t, b, n, a, e, k = 6, 5, 3, 4, 8, 16
+    keys = jax.random.split(jax.random.PRNGKey(7), 8)
+    agent_q = jax.random.normal(keys[0], (t, b, n, a))
+    avail = jax.random.uniform(keys[1], (t, b, n, a)) > 0.4
+    weights = MixerWeights(w1=jnp.abs(jax.random.normal(keys[2], (t, b, n, e))),
+                           b1=jax.random.normal(keys[3], (t, b, e)),
+                           w2=jnp.abs(jax.random.normal(keys[4], (t, b, e))),
+                           v=jax.random.normal(keys[5], (t, b)))
+    reference = (jax.random.normal(keys[6], (t, b)) if calibrated
+                 else jnp.full((t, b), -jnp.inf))
+
+    def value_and_grad(fn):
+        def total(agent_q, weights):
+            return jnp.sum(jnp.sin(fn(keys[7], agent_q, avail, weights, reference, k)))
+        return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(agent_q, weights)
+
+    new, old = value_and_grad(joint_push_down), value_and_grad(_whole_array_joint_push_down)
+    assert float(new[0]) != 0.0
+    for got, want in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

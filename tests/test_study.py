@@ -438,3 +438,21 @@ def test_ray_executor_matches_the_in_process_one(toy_study, tmp_path):
         assert comparable(by_ray.load(cell)) == comparable(local.load(cell))
         assert by_ray.load(cell)["final_test"]["win_rate"] == \
             local.load(cell)["final_test"]["win_rate"]
+
+
+def test_two_local_jobs_match_the_in_process_run(toy_study, tmp_path):
+    """The same cells with --jobs 2 (each cell in a spawned worker process) give the
+    in-process results."""
+    spec, local, _, _ = toy_study
+    by_workers = ResultStore(tmp_path / "results")
+    counts = run_study(spec, "cpu", by_workers, tmp_path / "work",
+                       LocalExecutor(progress=False, jobs=2), (SHIPPED,), log=lambda _: None)
+    assert counts == dict(cached=0, ran=2, running_elsewhere=0)
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    for cell in plan.pretrain + plan.finetune:
+        assert comparable(by_workers.load(cell)) == comparable(local.load(cell))
+
+
+def test_jobs_below_one_is_refused():
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        LocalExecutor(jobs=0)

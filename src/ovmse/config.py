@@ -158,7 +158,8 @@ class TrainConfig:
     seed: int = 0
     """First seed; seeds seed, seed+1, ... run together in one vectorised program."""
     num_seeds: int = 1
-    """Independent seeds trained side by side (vmapped)."""
+    """Independent seeds trained together in one program (their updates vmapped on a GPU, one
+    after the other on a CPU: train/bucketing.py)."""
     test_interval: int = 10_000
     """Env steps between greedy tests (PyMARL2: 10k)."""
     test_episodes: int = 32
@@ -208,7 +209,8 @@ class PretrainConfig:
     seed: int = 0
     """First seed; seeds seed, seed+1, ... run together in one vectorised program."""
     num_seeds: int = 1
-    """Independent seeds trained side by side (vmapped)."""
+    """Independent seeds trained together in one program (their updates vmapped on a GPU, one
+    after the other on a CPU: train/bucketing.py)."""
     test_interval: int = 250
     """Gradient steps between greedy tests in the environment."""
     test_episodes: int = 32

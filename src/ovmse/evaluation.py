@@ -3,12 +3,13 @@ episodes per seed; during training: 32 every test interval)."""
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from ovmse.envs import SmaxEnv
+from ovmse.envs import SmaxEnv, make_env
 from ovmse.networks import RNNAgent
 from ovmse.rollout import run_episodes
 
@@ -28,3 +29,20 @@ def greedy_test(key: jax.Array, agent: RNNAgent, agent_params, env: SmaxEnv,
     _, stats = run_episodes(key, agent, agent_params, env, num_episodes, jnp.zeros(()), "greedy",
                             record=False)
     return TestStats(stats.won.mean(), stats.returns.mean(), stats.lengths.mean())
+
+
+@functools.cache
+def greedy_test_program(map_name: str, episode_limit: int, reward_scale: float,
+                        agent_hidden_dim: int):
+    """The jitted greedy test of S seeds' agents: `(agent_params [S, ...], keys [S],
+    num_episodes) -> TestStats [S]` (num_episodes static). It depends only on the environment
+    and the agent's size, so every trainer of this process shares one program, and through the
+    persistent compilation cache every process does: a study compiles its tests once per map
+    (about 15 s each for 32 and for 640 episodes on the CPU), not once per cell."""
+    env = make_env(map_name, episode_limit, reward_scale)
+    agent = RNNAgent(agent_hidden_dim, env.spec.num_actions)
+
+    def seed_test(agent_params, key: jax.Array, num_episodes: int) -> TestStats:
+        return greedy_test(key, agent, agent_params, env, num_episodes)
+
+    return jax.jit(jax.vmap(seed_test, in_axes=(0, 0, None)), static_argnums=2)

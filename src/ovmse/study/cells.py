@@ -1,4 +1,4 @@
-"""Cells: the unit of work of a study, one training run with its seeds vmapped.
+"""Cells: the unit of work of a study, one training run of all its seeds.
 
 A `PretrainCell` pre-trains MACQL on one dataset; a `FinetuneCell` fine-tunes one method from a
 pre-trained cell (qmix only borrows the map and network sizes). Each cell has a key: the first
@@ -28,7 +28,9 @@ from ovmse.methods import finetune_config
 from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
 KEY_VERSION = 1
-"""Bump when a code change alters the results of unchanged configs, to invalidate the cache."""
+"""Bump when a code change alters the results of unchanged configs, to invalidate the cache.
+Float rounding does not count (a cell computed on a GPU stands for the same cell on a CPU):
+the CPU's one-seed-at-a-time updates (train/bucketing.py) did not bump it."""
 CURVE_KEYS = ("test_win_rate", "test_return", "probe_q")
 
 

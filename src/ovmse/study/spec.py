@@ -19,7 +19,7 @@ one study share one set of scale settings and therefore one cache of cells:
 Scale keys (all but tasks and methods may come from the included file):
   tasks, methods          the grid; qmix ignores the dataset and runs once per map
   offline_ratios          mixing ratios of the grid (default [0.0])
-  seeds                   seeds per cell, vmapped in one program
+  seeds                   seeds per cell, trained in one program
   steps                   {map: env steps of fine-tuning}
   test_interval           {map: env steps between greedy tests}
   pretrain_steps          gradient steps of MACQL pre-training

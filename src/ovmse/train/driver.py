@@ -24,6 +24,7 @@ from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_d
                         read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
                         save_checkpoint, write_json, write_jsonl)
 from ovmse.snapshots import save_policy_snapshot
+from ovmse.train.bucketing import default_seed_loop
 from ovmse.train.health import check_finite
 from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.online import ChunkStats, OnlineTrainer
@@ -265,6 +266,7 @@ def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: fl
     t_env = [last[s]["t_env"] for s in seeds]
     return dict(
         map=cfg.env.map, seeds=seeds, t_env=t_env, wall_s=round(wall_s, 2), device=device_name(),
+        seed_loop=default_seed_loop(),
         env_steps_per_s=round(sum(t_env) / max(wall_s, 1e-9), 1),
         final_test=dict(episodes=cfg.final_test_episodes, win_rate=win,
                         mean_return=[float(x) for x in final.mean_return],

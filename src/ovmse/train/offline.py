@@ -18,10 +18,10 @@ import jax.numpy as jnp
 from ovmse.buffers.episode import EpisodeBatch
 from ovmse.config import PretrainConfig
 from ovmse.envs import EnvSpec, make_env
-from ovmse.evaluation import TestStats, greedy_test
+from ovmse.evaluation import TestStats, greedy_test_program
 from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
                            make_networks, update_target)
-from ovmse.train.bucketing import unroll_lengths, update_all_seeds
+from ovmse.train.bucketing import SeedLoop, default_seed_loop, unroll_lengths, update_all_seeds
 from ovmse.train.keys import seed_keys, test_keys
 
 
@@ -49,18 +49,22 @@ def trim_to_longest(data: EpisodeBatch) -> EpisodeBatch:
 class OfflineTrainer:
     """Builds the jitted programs for one config and dataset spec: `init`, `run_chunk`,
     `evaluate`. `run_chunk(states, data, until)` takes the dataset as an argument (not a
-    compiled-in constant), trimmed by `trim_to_longest`."""
+    compiled-in constant), trimmed by `trim_to_longest`. `seed_loop`: how the seeds' updates
+    run (bucketing.py; default: sequential on a CPU, vmapped elsewhere)."""
 
-    def __init__(self, cfg: PretrainConfig, spec: EnvSpec, data_length: int):
+    def __init__(self, cfg: PretrainConfig, spec: EnvSpec, data_length: int,
+                 seed_loop: SeedLoop | None = None):
         self.cfg = cfg
+        self.seed_loop = seed_loop or default_seed_loop()
         self.env = make_env(spec.map_name, spec.episode_limit, cfg.reward_scale)
         self.spec = self.env.spec
         self.nets = make_networks(self.spec, cfg.network)
         self.lengths = unroll_lengths(data_length, cfg.learner.length_buckets)
         self.init = jax.jit(jax.vmap(self._init_one))
         self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
-        self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, 0, None)),
-                                static_argnums=2)
+        self._test = greedy_test_program(self.spec.map_name, self.spec.episode_limit,
+                                         self.spec.reward_scale,
+                                         cfg.network.agent_hidden_dim)
 
     def seed_keys(self) -> jax.Array:
         return seed_keys(self.cfg.seed, self.cfg.num_seeds)
@@ -86,7 +90,7 @@ class OfflineTrainer:
             return learner_update(learner, batch, self.nets, self.cfg.learner, key)
 
         learners, metrics, length = update_all_seeds(update, states.learner, batches, keys,
-                                                     self.lengths)
+                                                     self.lengths, seed_loop=self.seed_loop)
         copy = learners.updates % self.cfg.target_update_every == 0
         learners = jax.vmap(update_target)(learners, copy)
         return OfflineState(learners, rngs), metrics, length
@@ -100,8 +104,7 @@ class OfflineTrainer:
         def body(_, carry):
             states, totals = carry
             states, metrics, length = self._update(states, data)
-            stats = OfflineChunkStats(jnp.ones((num_seeds,)), jnp.full((num_seeds,), length),
-                                      metrics)
+            stats = OfflineChunkStats(jnp.ones((num_seeds,)), length, metrics)
             return states, jax.tree.map(jnp.add, totals, stats)
 
         zero = jnp.zeros((num_seeds,))
@@ -109,6 +112,7 @@ class OfflineTrainer:
         start = states.learner.updates[0]
         return jax.lax.fori_loop(start, until, body, (states, zeros))
 
-    def _evaluate_one(self, state: OfflineState, key: jax.Array, num_episodes: int) -> TestStats:
-        return greedy_test(key, self.nets.agent, state.learner.params["agent"], self.env,
-                           num_episodes)
+    def evaluate(self, states: OfflineState, keys: jax.Array, num_episodes: int) -> TestStats:
+        """Greedy tests of every seed's online agent (evaluation.greedy_test_program):
+        keys [S] -> TestStats [S]."""
+        return self._test(states.learner.params["agent"], keys, num_episodes)

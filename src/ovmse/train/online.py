@@ -30,12 +30,12 @@ from ovmse.buffers.episode import (EpisodeBatch, EpisodeBuffer, add_episodes, in
                                    sample_episodes)
 from ovmse.config import TrainConfig
 from ovmse.envs import make_env
-from ovmse.evaluation import TestStats, greedy_test
+from ovmse.evaluation import TestStats, greedy_test_program
 from ovmse.exploration import linear_schedule
 from ovmse.learner import (LearnerState, OfflineMemory, UpdateMetrics, agent_q_values,
                            init_learner, learner_update, make_networks, take, update_target)
 from ovmse.rollout import run_episodes
-from ovmse.train.bucketing import unroll_lengths, update_all_seeds
+from ovmse.train.bucketing import SeedLoop, default_seed_loop, unroll_lengths, update_all_seeds
 from ovmse.train.keys import seed_keys, test_keys
 
 
@@ -64,10 +64,6 @@ class ChunkStats(NamedTuple):
     update_metrics: UpdateMetrics
 
 
-def _select(condition, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
-
-
 def _zero_stats() -> ChunkStats:
     zero = jnp.zeros((), jnp.float32)
     return ChunkStats(zero, zero, zero, zero, zero, zero, zero,
@@ -75,10 +71,13 @@ def _zero_stats() -> ChunkStats:
 
 
 class OnlineTrainer:
-    """Builds the jitted programs for one config: `init`, `run_chunk`, `evaluate`, `epsilon`."""
+    """Builds the jitted programs for one config: `init`, `run_chunk`, `evaluate`, `epsilon`.
+    `seed_loop`: how the seeds' updates run (bucketing.py; default: sequential on a CPU,
+    vmapped elsewhere)."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, seed_loop: SeedLoop | None = None):
         self.cfg = cfg
+        self.seed_loop = seed_loop or default_seed_loop()
         self.env = make_env(cfg.env.map, cfg.env.episode_limit, cfg.env.reward_scale)
         self.spec = self.env.spec
         self.nets = make_networks(self.spec, cfg.network)
@@ -86,8 +85,9 @@ class OnlineTrainer:
         self.init_pretrained = jax.jit(jax.vmap(self._init_pretrained_one))
         self.probe_values = jax.jit(jax.vmap(self._probe_value_one))
         self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
-        self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, 0, None)),
-                                static_argnums=2)
+        self._test = greedy_test_program(self.spec.map_name, self.spec.episode_limit,
+                                         self.spec.reward_scale,
+                                         cfg.network.agent_hidden_dim)
 
     def seed_keys(self) -> jax.Array:
         return seed_keys(self.cfg.seed, self.cfg.num_seeds)
@@ -187,8 +187,8 @@ class OnlineTrainer:
 
     def _learn(self, states: TrainState, batches, keys: jax.Array, learning: jax.Array):
         """The iteration's gradient steps for all seeds. states: [S, ...]; batches:
-        [S, U, T(+1), B, ...]; keys [S, U]; learning: [S] (false: the seed's update is
-        discarded). Each update unrolls only as far as its batches need (bucketing.py).
+        [S, U, T(+1), B, ...]; keys [S, U]; learning: [S] (false: the seed does not update).
+        Each update unrolls only as far as its batches need (bucketing.py).
         Returns (learners, summed metrics, summed unroll lengths)."""
         lengths = self.unroll_lengths()
         lam = self.memory_weight(states.t_env)  # [S]
@@ -198,10 +198,10 @@ class OnlineTrainer:
 
         def one_update(learners, batch_and_keys):
             batch, keys = batch_and_keys
-            updated, metrics, length = update_all_seeds(update, learners, batch, keys, lengths,
-                                                        states.memory, lam)
-            learners = jax.vmap(_select)(learning, updated, learners)
-            return learners, (jax.tree.map(lambda m: learning * m, metrics), learning * length)
+            learners, metrics, length = update_all_seeds(
+                update, learners, batch, keys, lengths, states.memory, lam, learning=learning,
+                seed_loop=self.seed_loop)
+            return learners, (metrics, length)
 
         per_update = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batches, keys))  # [U, S]
         learners, (metrics, unrolled) = jax.lax.scan(one_update, states.learner, per_update)
@@ -237,6 +237,7 @@ class OnlineTrainer:
         zeros = jax.tree.map(lambda z: jnp.zeros((num_seeds,), z.dtype), _zero_stats())
         return jax.lax.while_loop(not_done, body, (states, zeros))
 
-    def _evaluate_one(self, state: TrainState, key: jax.Array, num_episodes: int) -> TestStats:
-        return greedy_test(key, self.nets.agent, state.learner.params["agent"], self.env,
-                           num_episodes)
+    def evaluate(self, states: TrainState, keys: jax.Array, num_episodes: int) -> TestStats:
+        """Greedy tests of every seed's online agent (evaluation.greedy_test_program):
+        keys [S] -> TestStats [S]."""
+        return self._test(states.learner.params["agent"], keys, num_episodes)

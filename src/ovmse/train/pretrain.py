@@ -31,6 +31,7 @@ from ovmse.plots import plot_learning_curve
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
                         read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
                         save_checkpoint, write_json, write_jsonl)
+from ovmse.train.bucketing import default_seed_loop
 from ovmse.train.health import check_finite, nonfinite_part
 from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
@@ -199,7 +200,7 @@ def _summary(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, records: li
     return dict(
         map=spec.map_name, algo=cfg.algo, alpha=cfg.learner.cql.alpha,
         seeds=sorted({r["seed"] for r in records}), updates=cfg.steps, wall_s=round(wall_s, 2),
-        device=device_name(),
+        device=device_name(), seed_loop=default_seed_loop(),
         updates_per_s=round(cfg.steps * cfg.num_seeds / max(wall_s, 1e-9), 2),
         dataset=dict(path=cfg.dataset, quality=dataset_meta["quality"],
                      episodes=dataset_meta["episodes"], win_rate=dataset_meta["win_rate"],
