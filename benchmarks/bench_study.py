@@ -167,7 +167,7 @@ def run_version(src: Path, plan: dict, work: Path, jobs: int) -> dict:
     cache = work / "jax-cache"
     if not (work / "phase-0.json").exists():
         shutil.rmtree(cache, ignore_errors=True)
-    (work / "plan.json").write_text(json.dumps(plan))
+    (work / "plan.json").write_text(json.dumps(plan, allow_nan=False))
     env = version_env(src, cache)
     cells, walls = [], []
     for index, names in enumerate(phases(plan)):
@@ -181,7 +181,7 @@ def run_version(src: Path, plan: dict, work: Path, jobs: int) -> dict:
             if any(w.wait() for w in workers):
                 raise SystemExit(f"a worker of {work.name} failed")
             phase_file.write_text(json.dumps(dict(
-                cells=names, wall_s=round(time.perf_counter() - start, 1))))
+                cells=names, wall_s=round(time.perf_counter() - start, 1)), allow_nan=False))
         walls.append(json.loads(phase_file.read_text()))
         for i in range(len(groups)):
             cells += json.loads((work / f"timings-{index}-{i}.json").read_text())
@@ -304,7 +304,7 @@ def run_cells(work: Path, label: str, names: list[str]) -> None:
                             parts={k: round(v, 2) for k, v in parts.items()},
                             env_steps_per_s=result.get("env_steps_per_s")))
         print(f"[{work.name}] {name}: {wall:.1f} s", flush=True)
-    (work / f"timings-{label}.json").write_text(json.dumps(timings, indent=2))
+    (work / f"timings-{label}.json").write_text(json.dumps(timings, indent=2, allow_nan=False))
 
 
 def time_learners(work: Path) -> None:
@@ -316,7 +316,7 @@ def time_learners(work: Path) -> None:
               for t in json.loads(f.read_text())}
     split = {name: learner_split(cell, work / "cells", chunks[name])
              for name, cell in cells.items() if isinstance(cell, FinetuneCell)}
-    (work / "learner.json").write_text(json.dumps(split, indent=2))
+    (work / "learner.json").write_text(json.dumps(split, indent=2, allow_nan=False))
 
 
 def compilation_cache_enable() -> None:

@@ -160,3 +160,23 @@ def test_metrics_of_the_reference_run_are_finite(reference_run):
     records = read_jsonl(reference_run[0] / "metrics.jsonl")
     values = [v for r in records for v in r.values() if isinstance(v, float)]
     assert np.all(np.isfinite(values))
+
+
+def test_the_shared_test_program_plays_the_trainers_own_greedy_test():
+    """Every trainer's tests run one program per map and agent size
+    (evaluation.greedy_test_program); it plays exactly the greedy test of the trainer's own
+    agent and environment on the seeds' online agents, as the per-trainer program did."""
+    import jax
+
+    from ovmse.evaluation import greedy_test
+    from ovmse.train.online import OnlineTrainer
+
+    trainer = OnlineTrainer(tiny_train_config(num_seeds=2))
+    states = trainer.init(trainer.seed_keys())
+    keys = trainer.test_keys(0)
+    shared = trainer.evaluate(states, keys, 8)
+    own = jax.jit(jax.vmap(lambda state, key: greedy_test(
+        key, trainer.nets.agent, state.learner.params["agent"], trainer.env, 8)))(states, keys)
+    for got, want in zip(shared, own):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert float(np.sum(np.asarray(shared.mean_length))) > 0
