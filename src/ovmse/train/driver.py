@@ -24,7 +24,6 @@ from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_d
                         read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
                         save_checkpoint, write_json, write_jsonl)
 from ovmse.snapshots import save_policy_snapshot
-from ovmse.train.bucketing import default_seed_loop
 from ovmse.train.health import check_finite
 from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.online import ChunkStats, OnlineTrainer
@@ -168,7 +167,7 @@ def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_
 
     final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
                                             cfg.final_test_episodes))
-    summary = _summary(cfg, records, final, wall_s)
+    summary = _summary(cfg, records, final, wall_s, trainer.seed_loop)
     write_json(run_dir / "summary.json", summary)
     plot_learning_curve(records, run_dir / "learning_curve.png",
                         f"{run_title(cfg)} on SMAX {cfg.env.map}, {cfg.num_seeds} seed(s)")
@@ -259,14 +258,15 @@ def _resumable_config(run_dir: Path) -> tuple[TrainConfig, bool]:
     return cfg, True
 
 
-def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: float) -> dict:
+def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: float,
+             seed_loop: str) -> dict:
     last = {r["seed"]: r for r in records}
     seeds = sorted(last)
     win = [float(w) for w in final.win_rate]
     t_env = [last[s]["t_env"] for s in seeds]
     return dict(
         map=cfg.env.map, seeds=seeds, t_env=t_env, wall_s=round(wall_s, 2), device=device_name(),
-        seed_loop=default_seed_loop(),
+        seed_loop=seed_loop,
         env_steps_per_s=round(sum(t_env) / max(wall_s, 1e-9), 1),
         final_test=dict(episodes=cfg.final_test_episodes, win_rate=win,
                         mean_return=[float(x) for x in final.mean_return],

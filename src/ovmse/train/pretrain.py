@@ -31,7 +31,6 @@ from ovmse.plots import plot_learning_curve
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
                         read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
                         save_checkpoint, write_json, write_jsonl)
-from ovmse.train.bucketing import default_seed_loop
 from ovmse.train.health import check_finite, nonfinite_part
 from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
@@ -166,7 +165,7 @@ def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_m
 
     final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
                                             cfg.final_test_episodes))
-    summary = _summary(cfg, spec, dataset_meta, records, final, wall_s)
+    summary = _summary(cfg, spec, dataset_meta, records, final, wall_s, trainer.seed_loop)
     write_json(run_dir / "summary.json", summary)
     plot_learning_curve(
         records, run_dir / "learning_curve.png",
@@ -195,12 +194,12 @@ def _resumable(run_dir: Path) -> tuple[PretrainConfig, dict | None]:
 
 
 def _summary(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, records: list[dict],
-             final: TestStats, wall_s: float) -> dict:
+             final: TestStats, wall_s: float, seed_loop: str) -> dict:
     win = [float(w) for w in final.win_rate]
     return dict(
         map=spec.map_name, algo=cfg.algo, alpha=cfg.learner.cql.alpha,
         seeds=sorted({r["seed"] for r in records}), updates=cfg.steps, wall_s=round(wall_s, 2),
-        device=device_name(), seed_loop=default_seed_loop(),
+        device=device_name(), seed_loop=seed_loop,
         updates_per_s=round(cfg.steps * cfg.num_seeds / max(wall_s, 1e-9), 2),
         dataset=dict(path=cfg.dataset, quality=dataset_meta["quality"],
                      episodes=dataset_meta["episodes"], win_rate=dataset_meta["win_rate"],
