@@ -379,6 +379,10 @@ def learner_split(cell, work: Path, chunk_s: float) -> dict:
     loop = ({"seed_loop": bucketing.default_seed_loop()}
             if hasattr(bucketing, "default_seed_loop") else {})
     no_cql = dataclasses.replace(lcfg, cql=dataclasses.replace(lcfg.cql, alpha=0.0))
+    try:   # the version's own compiler options (ovmse.compiler, after a6851f2)
+        from ovmse.compiler import jit
+    except ImportError:
+        jit = jax.jit
 
     def forward(learner, batch, key, memory, lam):
         return learner, jnp.sum(agent_q_values(nets, learner.params["agent"], batch))
@@ -394,7 +398,7 @@ def learner_split(cell, work: Path, chunk_s: float) -> dict:
         return learner_update(learner, batch, nets, no_cql, key, memory, lam)
 
     def per_call_ms(fn) -> float:
-        run = jax.jit(lambda learners, batches, keys, memory, lam: bucketing.update_all_seeds(
+        run = jit(lambda learners, batches, keys, memory, lam: bucketing.update_all_seeds(
             fn, learners, batches, keys, (length,), memory, lam, **loop)[1])
         jax.block_until_ready(run(learners, batches, keys, memory, lam))
         times = []

@@ -1,4 +1,5 @@
-"""Where `ovmse` keeps JAX's persistent compilation cache, and that it can be turned off."""
+"""Where `ovmse` keeps JAX's persistent compilation cache, that it can be turned off, and the
+XLA options its programs compile with."""
 
 from pathlib import Path
 
@@ -31,3 +32,20 @@ def test_enable_points_jax_at_the_folder_and_off_leaves_it(monkeypatch, tmp_path
         assert Path(jax.config.jax_compilation_cache_dir) == tmp_path / "c"
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_jit_compiles_with_the_cpu_options(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from ovmse import compiler
+
+    assert compiler.compiler_options() == {"xla_backend_optimization_level": 1}  # the CPU's
+    x = jnp.linspace(-3.0, 3.0, 101)
+    ours = compiler.jit(lambda v: jnp.tanh(v) * jnp.exp(-v * v))(x)
+    assert jnp.allclose(ours, jax.jit(lambda v: jnp.tanh(v) * jnp.exp(-v * v))(x), atol=1e-6)
+    # the options reach XLA: an option it does not know is refused
+    monkeypatch.setitem(compiler.CPU_OPTIONS, "xla_no_such_option", 1)
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        compiler.jit(lambda v: v + 1.0)(x)

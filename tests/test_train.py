@@ -45,6 +45,7 @@ def test_run_folder_holds_config_metrics_checkpoint_summary_and_plot(reference_r
     assert summary["final_test"]["episodes"] == 8 and len(summary["final_test"]["win_rate"]) == 2
     assert summary["device"] == device_name()
     assert summary["seed_loop"] == "sequential"   # the CPU's way of updating seeds
+    assert summary["compiler_options"] == {"xla_backend_optimization_level": 1}
     assert json.loads((run_dir / "config.json").read_text())["num_seeds"] == 2
 
 

@@ -1,5 +1,6 @@
-"""Greedy test episodes: the win rate, return and length the paper reports (Table 1: 640
-episodes per seed; during training: 32 every test interval)."""
+"""Greedy episodes: the tests' win rate, return and length the paper reports (Table 1: 640
+episodes per seed; during training: 32 every test interval), and the recorded episodes of a
+fine-tuning run's probe."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ovmse import compiler
+from ovmse.buffers.episode import EpisodeBatch
 from ovmse.envs import SmaxEnv, make_env
 from ovmse.networks import RNNAgent
 from ovmse.rollout import run_episodes
@@ -45,4 +48,21 @@ def greedy_test_program(map_name: str, episode_limit: int, reward_scale: float,
     def seed_test(agent_params, key: jax.Array, num_episodes: int) -> TestStats:
         return greedy_test(key, agent, agent_params, env, num_episodes)
 
-    return jax.jit(jax.vmap(seed_test, in_axes=(0, 0, None)), static_argnums=2)
+    return compiler.jit(jax.vmap(seed_test, in_axes=(0, 0, None)), static_argnums=2)
+
+
+@functools.cache
+def greedy_episodes_program(map_name: str, episode_limit: int, reward_scale: float,
+                            agent_hidden_dim: int):
+    """The jitted, recorded greedy episodes of S seeds' agents: `(agent_params [S, ...],
+    keys [S], num_episodes) -> EpisodeBatch [S, T(+1), E, ...]` (num_episodes static; see
+    rollout.run_episodes). Shared, like `greedy_test_program`, by every fine-tuning run of a map
+    (their probe episodes), whatever their method."""
+    env = make_env(map_name, episode_limit, reward_scale)
+    agent = RNNAgent(agent_hidden_dim, env.spec.num_actions)
+
+    def seed_episodes(agent_params, key: jax.Array, num_episodes: int) -> EpisodeBatch:
+        return run_episodes(key, agent, agent_params, env, num_episodes, jnp.zeros(()),
+                            "greedy")[0]
+
+    return compiler.jit(jax.vmap(seed_episodes, in_axes=(0, 0, None)), static_argnums=2)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from ovmse import compiler
 from ovmse.buffers.episode import EpisodeBatch
 from ovmse.envs import SmaxEnv
 from ovmse.networks import RNNAgent
@@ -31,7 +32,7 @@ def _player(env: SmaxEnv, agent: RNNAgent, num_episodes: int, record: bool):
     def play(params, key, epsilon):
         return run_episodes(key, agent, params, env, num_episodes, epsilon, kind, record=record)
 
-    return jax.jit(play)
+    return compiler.jit(play)
 
 
 def collect_episodes(env: SmaxEnv, agent: RNNAgent, agent_params, num_episodes: int,

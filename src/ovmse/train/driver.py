@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from ovmse import compiler
 from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError, warn_user
 from ovmse.evaluation import TestStats
@@ -117,7 +118,7 @@ def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_
         if pretrained is None:
             template = jax.eval_shape(trainer.init, trainer.seed_keys())
         else:
-            template = jax.eval_shape(trainer.init_pretrained, trainer.seed_keys(), pretrained)
+            template = trainer.init_pretrained_shapes(trainer.seed_keys(), pretrained)
         states, meta = load_checkpoint(ckpt_path, template)
         start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
         records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["chunk"] <= start_chunk]
@@ -266,7 +267,7 @@ def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: fl
     t_env = [last[s]["t_env"] for s in seeds]
     return dict(
         map=cfg.env.map, seeds=seeds, t_env=t_env, wall_s=round(wall_s, 2), device=device_name(),
-        seed_loop=seed_loop,
+        seed_loop=seed_loop, compiler_options=compiler.compiler_options(),
         env_steps_per_s=round(sum(t_env) / max(wall_s, 1e-9), 1),
         final_test=dict(episodes=cfg.final_test_episodes, win_rate=win,
                         mean_return=[float(x) for x in final.mean_return],

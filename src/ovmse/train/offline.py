@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ovmse import compiler
 from ovmse.buffers.episode import EpisodeBatch
 from ovmse.config import PretrainConfig
 from ovmse.envs import EnvSpec, make_env
@@ -60,8 +61,8 @@ class OfflineTrainer:
         self.spec = self.env.spec
         self.nets = make_networks(self.spec, cfg.network)
         self.lengths = unroll_lengths(data_length, cfg.learner.length_buckets)
-        self.init = jax.jit(jax.vmap(self._init_one))
-        self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
+        self.init = compiler.jit(jax.vmap(self._init_one))
+        self.run_chunk = compiler.jit(self._run_chunk, donate_argnums=0)
         self._test = greedy_test_program(self.spec.map_name, self.spec.episode_limit,
                                          self.spec.reward_scale,
                                          cfg.network.agent_hidden_dim)

@@ -26,11 +26,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ovmse import compiler
 from ovmse.buffers.episode import (EpisodeBatch, EpisodeBuffer, add_episodes, init_buffer,
                                    sample_episodes)
 from ovmse.config import TrainConfig
 from ovmse.envs import make_env
-from ovmse.evaluation import TestStats, greedy_test_program
+from ovmse.evaluation import TestStats, greedy_episodes_program, greedy_test_program
 from ovmse.exploration import linear_schedule
 from ovmse.learner import (LearnerState, OfflineMemory, UpdateMetrics, agent_q_values,
                            init_learner, learner_update, make_networks, take, update_target)
@@ -81,13 +82,14 @@ class OnlineTrainer:
         self.env = make_env(cfg.env.map, cfg.env.episode_limit, cfg.env.reward_scale)
         self.spec = self.env.spec
         self.nets = make_networks(self.spec, cfg.network)
-        self.init = jax.jit(jax.vmap(self._init_one))
-        self.init_pretrained = jax.jit(jax.vmap(self._init_pretrained_one))
-        self.probe_values = jax.jit(jax.vmap(self._probe_value_one))
-        self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
-        self._test = greedy_test_program(self.spec.map_name, self.spec.episode_limit,
-                                         self.spec.reward_scale,
-                                         cfg.network.agent_hidden_dim)
+        self.init = compiler.jit(jax.vmap(self._init_one))
+        self._init_pretrained = compiler.jit(jax.vmap(self._init_pretrained_one))
+        self.probe_values = compiler.jit(jax.vmap(self._probe_value_one))
+        self.run_chunk = compiler.jit(self._run_chunk, donate_argnums=0)
+        programs = (self.spec.map_name, self.spec.episode_limit, self.spec.reward_scale,
+                    cfg.network.agent_hidden_dim)
+        self._test = greedy_test_program(*programs)
+        self._play_greedy = greedy_episodes_program(*programs)
 
     def seed_keys(self) -> jax.Array:
         return seed_keys(self.cfg.seed, self.cfg.num_seeds)
@@ -111,16 +113,33 @@ class OnlineTrainer:
                           init_buffer(self.spec, self.cfg.learner.buffer_size), key_run,
                           zero, zero)
 
-    def _init_pretrained_one(self, seed_key: jax.Array, learner: LearnerState) -> TrainState:
-        """A seed starting from a pre-trained learner (online and target networks, optimizer
-        state), with its frozen memory and its probe episodes."""
+    def init_pretrained(self, seed_keys: jax.Array, learners: LearnerState) -> TrainState:
+        """Every seed starting from its pre-trained learner (online and target networks,
+        optimizer state), with its frozen memory and its probe episodes: the pre-trained greedy
+        policy's `probe_episodes` episodes, played by the map's shared program
+        (evaluation.greedy_episodes_program). seed_keys [S]; learners: leaves [S, ...]."""
+        probes = self._play_greedy(learners.params["agent"], self._probe_keys(seed_keys),
+                                   self.cfg.finetune.probe_episodes)
+        return self._init_pretrained(seed_keys, learners, probes)
+
+    def init_pretrained_shapes(self, seed_keys: jax.Array, learners: LearnerState) -> TrainState:
+        """The shapes and dtypes of `init_pretrained`'s states, computing nothing (a template
+        for reading a checkpoint)."""
+        probes = self._play_greedy.eval_shape(learners.params["agent"],
+                                              self._probe_keys(seed_keys),
+                                              self.cfg.finetune.probe_episodes)
+        return self._init_pretrained.eval_shape(seed_keys, learners, probes)
+
+    @staticmethod
+    def _probe_keys(seed_keys: jax.Array) -> jax.Array:
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 2)
+
+    def _init_pretrained_one(self, seed_key: jax.Array, learner: LearnerState,
+                             probe: EpisodeBatch) -> TrainState:
         state = self._init_one(seed_key)
         lcfg = self.cfg.learner
         memory = (OfflineMemory(learner.target_params, learner.params["agent"])
                   if lcfg.memory.use_memory or lcfg.action_proposal else None)
-        probe, _ = run_episodes(jax.random.fold_in(seed_key, 2), self.nets.agent,
-                                learner.params["agent"], self.env,
-                                self.cfg.finetune.probe_episodes, jnp.zeros(()), "greedy")
         return state._replace(learner=learner, memory=memory, probe=probe)
 
     def _probe_value_one(self, state: TrainState) -> jax.Array:

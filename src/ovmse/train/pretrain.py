@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from ovmse import compiler
 from ovmse.config import PretrainConfig, from_dict, to_dict, validate_pretrain
 from ovmse.datasets.store import check_compatible, load_dataset
 from ovmse.envs import EnvSpec
@@ -199,7 +200,7 @@ def _summary(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, records: li
     return dict(
         map=spec.map_name, algo=cfg.algo, alpha=cfg.learner.cql.alpha,
         seeds=sorted({r["seed"] for r in records}), updates=cfg.steps, wall_s=round(wall_s, 2),
-        device=device_name(), seed_loop=seed_loop,
+        device=device_name(), seed_loop=seed_loop, compiler_options=compiler.compiler_options(),
         updates_per_s=round(cfg.steps * cfg.num_seeds / max(wall_s, 1e-9), 2),
         dataset=dict(path=cfg.dataset, quality=dataset_meta["quality"],
                      episodes=dataset_meta["episodes"], win_rate=dataset_meta["win_rate"],
