@@ -272,6 +272,11 @@ def test_an_interrupted_start_removes_the_run_folder(tmp_path, monkeypatch):
 
 def _help_flags() -> set[str]:
     flags = set()
+    for group in GROUPS:   # the group helps: `ovmse --help` names --version
+        out = io.StringIO()
+        with redirect_stdout(out), pytest.raises(SystemExit):
+            main([*([group] if group else []), "--help"])
+        flags |= set(re.findall(r"--[a-z][a-z0-9-]*", out.getvalue()))
     for group, commands in GROUPS.items():
         for name in commands:
             if not group and name in GROUPS:

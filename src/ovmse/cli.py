@@ -466,15 +466,21 @@ def main(argv: list[str] | None = None) -> int:
 
     compilation_cache.enable()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        from ovmse import __version__
+
+        print(f"ovmse {__version__}")
+        return 0
     group = argv.pop(0) if argv and argv[0] in GROUPS and argv[0] else ""
     commands = GROUPS[group]
-    cmd = tyro.extras.subcommand_cli_from_dict(
-        {name: cls for name, (cls, _) in commands.items()}, args=argv,
-        prog=f"ovmse {group}".strip(),
-        description="Offline-to-online MARL (OVMSE) on SMAX.",
-        config=(tyro.conf.OmitArgPrefixes,))
-    handler = next(run for cls, run in commands.values() if type(cmd) is cls)
     try:
+        cmd = tyro.extras.subcommand_cli_from_dict(
+            {name: cls for name, (cls, _) in commands.items()}, args=argv,
+            prog=f"ovmse {group}".strip(),
+            description="Offline-to-online MARL (OVMSE) on SMAX. `ovmse --version` prints the "
+                        "version.",
+            config=(tyro.conf.OmitArgPrefixes,))
+        handler = next(run for cls, run in commands.values() if type(cmd) is cls)
         code = handler(cmd)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
