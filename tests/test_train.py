@@ -170,6 +170,7 @@ def test_the_shared_test_program_plays_the_trainers_own_greedy_test():
     agent and environment on the seeds' online agents, as the per-trainer program did."""
     import jax
 
+    from ovmse import compiler
     from ovmse.evaluation import greedy_test
     from ovmse.train.online import OnlineTrainer
 
@@ -177,7 +178,7 @@ def test_the_shared_test_program_plays_the_trainers_own_greedy_test():
     states = trainer.init(trainer.seed_keys())
     keys = trainer.test_keys(0)
     shared = trainer.evaluate(states, keys, 8)
-    own = jax.jit(jax.vmap(lambda state, key: greedy_test(
+    own = compiler.jit(jax.vmap(lambda state, key: greedy_test(
         key, trainer.nets.agent, state.learner.params["agent"], trainer.env, 8)))(states, keys)
     for got, want in zip(shared, own):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
