@@ -52,6 +52,31 @@ def test_sampled_joint_actions_are_uniform_over_available_ones():
     np.testing.assert_allclose(agent1, [1 / 3, 1 / 3, 1 / 3], atol=0.01)
 
 
+def _sample_as_before(key, avail, num_samples):
+    """The sampler as it was before issue 15 (a draw of shape [K, ..., N], ranks compared in
+    32 bits, argmax): the draws `sample_available_actions` must reproduce exactly."""
+    counts = jnp.sum(avail, axis=-1)
+    u = jax.random.uniform(key, (num_samples,) + counts.shape)
+    rank = jnp.minimum(jnp.floor(u * counts), jnp.maximum(counts - 1, 0))
+    position = jnp.cumsum(avail, axis=-1) - 1
+    hit = avail & (position == rank[..., None].astype(position.dtype))
+    return jnp.argmax(hit, axis=-1).astype(jnp.int32)
+
+
+@pytest.mark.parametrize("num_actions", [6, 130])  # 8-bit ranks, and 32-bit past 127 actions
+def test_sampled_joint_actions_are_the_same_draws_as_before(num_actions):
+    keys = jax.random.split(jax.random.PRNGKey(11), 2)
+    avail = jax.random.uniform(keys[0], (7, 4, 3, num_actions)) < 0.5
+    avail = avail.at[0, 0, 0].set(False)  # an agent with no available action: action 0
+    got = sample_available_actions(keys[1], avail, 50)
+    want = _sample_as_before(keys[1], avail, 50)
+    assert got.dtype == jnp.int32 and got.shape == (50, 7, 4, 3)
+    np.testing.assert_array_equal(got, want)
+    assert np.all(np.asarray(got[:, 0, 0, 0]) == 0)
+    chosen = np.take_along_axis(np.asarray(avail)[None], np.asarray(got)[..., None], -1)[..., 0]
+    assert chosen[:, 1:].all() and chosen[:, 0, 1:].all()  # every other draw is available
+
+
 def test_counterfactual_push_down_by_hand():
     got = counterfactual_push_down(AGENT_Q, AVAIL, DATA_ACTIONS, sum_mixer(2), NO_REFERENCE)
     # agent 0 varies over its available actions {0, 1} with agent 1 at 2: Q_tot = {1, 2} + 4;

@@ -55,13 +55,22 @@ def returns_to_go(rewards: jax.Array, filled: jax.Array, gamma: float) -> jax.Ar
 
 def sample_available_actions(key: jax.Array, avail: jax.Array, num_samples: int) -> jax.Array:
     """K joint actions per step, each agent's action uniform over its available ones:
-    avail [..., N, A] -> int32 [K, ..., N]. An agent with no available action gets action 0."""
-    counts = jnp.sum(avail, axis=-1)  # [..., N]
-    u = jax.random.uniform(key, (num_samples,) + counts.shape)
-    rank = jnp.minimum(jnp.floor(u * counts), jnp.maximum(counts - 1, 0))  # which available one
-    position = jnp.cumsum(avail, axis=-1) - 1  # [..., N, A]: rank of each available action
-    hit = avail & (position == rank[..., None].astype(position.dtype))
-    return jnp.argmax(hit, axis=-1).astype(jnp.int32)
+    avail [..., N, A] -> int32 [K, ..., N]. An agent with no available action gets action 0.
+
+    Agent i's action is its available action of rank floor(u * count_i), u ~ U[0, 1). The
+    uniforms are drawn as one flat vector (the same numbers as a draw of shape [K, ..., N]:
+    JAX's threefry is a function of the flat index, and a flat draw is 1.5x cheaper on CPU), and
+    the action of rank r is found as the number of actions whose running count of available
+    ones is at most r, in 8-bit integers (the arithmetic is exact; 2x cheaper than comparing
+    ranks in 32 bits and taking the argmax)."""
+    counts = jnp.sum(avail, axis=-1, dtype=jnp.int32)  # [..., N]
+    shape = (num_samples,) + counts.shape
+    u = jax.random.uniform(key, (math.prod(shape),)).reshape(shape)
+    small = jnp.int8 if avail.shape[-1] < 128 else jnp.int32
+    rank = jnp.minimum(jnp.floor(u * counts), jnp.maximum(counts - 1, 0)).astype(small)
+    running = jnp.cumsum(avail, axis=-1, dtype=small)  # [..., N, A]: available ones up to a
+    action = jnp.sum(running <= rank[..., None], axis=-1, dtype=jnp.int32)
+    return jnp.where(counts > 0, action, 0)
 
 
 def _log_mean_exp(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
@@ -95,10 +104,9 @@ def _sampled_push_down(actions: jax.Array, agent_q: jax.Array,
     actions [B, K, N]; agent_q [B, N, A]; weights for states [B]; reference [B] -> [B]."""
     num_samples = actions.shape[-2]
     # samples on the last axes, [B, K, ...], so that the mixing contractions batch over B with
-    # the weights as they are (2x faster on CPU than a leading sample axis); a one-hot
-    # contraction, not a gather: its gradient is a product, not a scatter
-    one_hot = jax.nn.one_hot(actions, agent_q.shape[-1], dtype=agent_q.dtype)
-    qs = jnp.einsum("...kna,...na->...kn", one_hot, agent_q)  # [B, K, N]
+    # the weights as they are (2x faster on CPU than a leading sample axis)
+    qs = jnp.take_along_axis(agent_q[..., None, :, :], actions[..., None],
+                             axis=-1)[..., 0]  # [B, K, N]: each sample's Q_i(tau_i, a_i)
     hidden = jax.nn.elu(jnp.einsum("...kn,...ne->...ke", qs, weights.w1)
                         + weights.b1[..., None, :])
     q_tot = jnp.einsum("...ke,...e->...k", hidden, weights.w2) + weights.v[..., None]
