@@ -52,6 +52,16 @@ def test_sampled_joint_actions_are_uniform_over_available_ones():
     np.testing.assert_allclose(agent1, [1 / 3, 1 / 3, 1 / 3], atol=0.01)
 
 
+def test_returns_to_go_of_an_episode_cut_by_the_time_limit_are_not_bootstrapped():
+    """Episode 0 terminates at step 1; episode 1 runs all 3 steps and is cut (truncated): its
+    last step's return is its own reward, nothing after the cut is added."""
+    rewards = jnp.array([[1.0, 1.0], [2.0, 2.0], [0.0, 4.0]])
+    filled = jnp.array([[True, True], [True, True], [False, True]])
+    got = np.asarray(returns_to_go(rewards, filled, gamma=0.5))
+    np.testing.assert_allclose(got[:, 0], [1 + 0.5 * 2, 2.0, 0.0])
+    np.testing.assert_allclose(got[:, 1], [1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0])
+
+
 def _sample_as_before(key, avail, num_samples):
     """The sampler as it was before issue 15 (a draw of shape [K, ..., N], ranks compared in
     32 bits, argmax): the draws `sample_available_actions` must reproduce exactly."""

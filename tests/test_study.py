@@ -24,7 +24,8 @@ from ovmse.study.store import ResultStore
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "datasets"
-SPECS = ("table1", "fig1", "fig2_fig3", "fig4", "table2", "methods", "cql_online")
+SPECS = ("table1", "fig1", "fig2_fig3", "fig4", "table2", "methods", "cql_online",
+         "transition")
 
 TOY_SPEC = """
 name = "toy"
@@ -93,6 +94,47 @@ def test_specs_of_one_study_share_their_cells(monkeypatch):
     table1 = {c.key for c in plan_cells(load_spec("table1"), "cpu").finetune}
     curves = {c.key for c in plan_cells(load_spec("fig2_fig3"), "cpu").finetune}
     assert table1 == curves
+
+
+def test_the_transition_spec_shares_its_epsilon_one_cells_with_fig4(monkeypatch):
+    monkeypatch.chdir(REPO)
+    transition = plan_cells(load_spec("transition"), "cpu").finetune
+    fig4 = {c.key for c in plan_cells(load_spec("fig4"), "cpu").finetune}
+    at_one = [c for c in transition if c.base.explore.eps_start == 1.0]
+    low = [c for c in transition if c.base.explore.eps_start == 0.05]
+    assert len(at_one) == len(low) == 8 and {c.key for c in at_one} <= fig4
+    assert not {c.key for c in low} & fig4
+
+
+def test_starting_epsilon_is_an_axis_that_changes_keys_names_and_labels(tmp_path):
+    from ovmse.study.report import cell_label
+
+    spec = toy_spec(tmp_path, methods=("ovmse", "qmix"), extra="eps_starts = [1.0, 0.05]")
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    assert sorted(c.name for c in plan.finetune) == ["3m-medium-ovmse", "3m-medium-ovmse-eps0.05",
+                                                     "3m-qmix"]   # qmix at the default only
+    by_name = {c.name: c for c in plan.finetune}
+    low = by_name["3m-medium-ovmse-eps0.05"]
+    assert low.base.explore.eps_start == 0.05 and low.key != by_name["3m-medium-ovmse"].key
+    assert cell_label(low) == "ovmse eps0 0.05"
+    without_axis = plan_cells(toy_spec(tmp_path, methods=("ovmse",)), "cpu", (SHIPPED,))
+    assert by_name["3m-medium-ovmse"].key == without_axis.finetune[0].key
+    with pytest.raises(UserError, match=r"eps_starts \[1.5\] must lie in \[0, 1\]"):
+        toy_spec(tmp_path, extra="eps_starts = [1.5]")
+
+
+def test_macal_ql_starts_from_a_cal_ql_pretraining_and_the_others_from_macql(tmp_path):
+    spec = toy_spec(tmp_path, methods=("ovmse", "macal-ql", "macql", "qmix"))
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    assert [c.name for c in plan.pretrain] == ["pretrain-3m-medium", "pretrain-3m-medium-calql"]
+    macql, calql = plan.pretrain
+    assert not macql.config.learner.cql.calibrated and calql.config.learner.cql.calibrated
+    assert calql.config == with_overrides(macql.config, {"learner.cql.calibrated": True})
+    starts = {c.method: c.pretrain.key for c in plan.finetune}
+    assert starts == {"ovmse": macql.key, "macal-ql": calql.key, "macql": macql.key,
+                      "qmix": macql.key}
+    only = select(plan, methods=("macal-ql",))
+    assert [c.name for c in only.pretrain] == ["pretrain-3m-medium-calql"]
 
 
 def test_qmix_runs_once_per_map_whatever_the_dataset(tmp_path):
@@ -316,6 +358,21 @@ def test_cql_online_cells_are_labelled_and_still_fill_their_method_column(tmp_pa
     table = toy_spec(tmp_path, methods=("ovmse", "se"), extra=extra)
     text = build_report(table, "cpu", store, tmp_path / "out").read_text()
     assert "| 3m/medium | 0.500 | 0.700 | 0.800 |" in text
+
+
+def test_starting_epsilon_cells_get_their_own_curves_rows_and_stay_out_of_the_final_table(
+        tmp_path):
+    extra = "eps_starts = [1.0, 0.05]"
+    curves = toy_spec(tmp_path, report="curves", methods=("ovmse", "se"), extra=extra)
+    store = fake_results_folder(curves, tmp_path / "results")
+    text = build_report(curves, "cpu", store, tmp_path / "out").read_text()
+    order = [c.name for c in plan_cells(curves, "cpu").finetune]
+    assert order == ["3m-medium-ovmse", "3m-medium-ovmse-eps0.05", "3m-medium-se",
+                     "3m-medium-se-eps0.05"]
+    assert "| ovmse | 0.700 |" in text and "| ovmse eps0 0.05 | 0.800 |" in text
+    table = toy_spec(tmp_path, methods=("ovmse", "se"), extra=extra)
+    text = build_report(table, "cpu", store, tmp_path / "out").read_text()
+    assert "| 3m/medium | 0.500 | 0.700 | 0.900 |" in text   # ovmse and se at epsilon 1
 
 
 def test_probe_and_mixing_reports_and_missing_cells(tmp_path):

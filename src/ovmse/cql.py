@@ -42,7 +42,11 @@ def returns_to_go(rewards: jax.Array, filled: jax.Array, gamma: float) -> jax.Ar
     """G_t = sum_{k >= t} gamma^(k-t) r_k over the real steps of each episode: [T, B] -> [T, B].
 
     An episode cut by the step limit has no reward after its cut: its return-to-go is that of
-    the steps it has. Padding steps get 0."""
+    the steps it has, not bootstrapped (Cal-QL's reference is the data's Monte-Carlo return,
+    with no learned value in it). SMAX's rewards are non-negative, so near a cut this
+    underestimates the behaviour policy's value: Cal-QL's floor max(Q, V_mu) is lower there and
+    the term falls back towards CQL's, never pushing down less than the data supports.
+    Padding steps get 0."""
     def backward(following, step):
         reward, is_filled = step
         value = jnp.where(is_filled, reward + gamma * following, 0.0)

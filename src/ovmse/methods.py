@@ -14,6 +14,8 @@ the loop uses:
   action-proposal  TD, IBRL bootstrap              epsilon-greedy         pre-trained
   qmix             TD (eq. 8)                      epsilon-greedy         random
 
+macal-ql fine-tunes from a Cal-QL pre-training (the paper's MACal-QL is calibrated offline and
+online; `CALIBRATED_START`), every other pre-trained method from MACQL's.
 `cql_online` keeps the pre-training's CQL term online for ovmse / ovm / se / action-proposal
 too (the paper does so for OVMSE on 2s3z). CQL's alpha and estimator are the pre-training's.
 """
@@ -32,6 +34,7 @@ METHODS: tuple[str, ...] = get_args(FinetuneAlgo)
 USES_MEMORY = ("ovmse", "ovm")
 SEQUENTIAL = ("ovmse", "se")
 KEEPS_CQL = ("macql", "macal-ql")
+CALIBRATED_START = ("macal-ql",)
 
 
 def pretrained_config(checkpoint: Path) -> tuple[PretrainConfig, dict]:

@@ -1,6 +1,6 @@
 """Cells: the unit of work of a study, one training run of all its seeds.
 
-A `PretrainCell` pre-trains MACQL on one dataset; a `FinetuneCell` fine-tunes one method from a
+A `PretrainCell` pre-trains MACQL (or Cal-QL, for macal-ql) on one dataset; a `FinetuneCell` fine-tunes one method from a
 pre-trained cell (qmix only borrows the map and network sizes). Each cell has a key: the first
 16 hex digits of SHA-256 over its canonical JSON (every config value that can change its result,
 and the key of the cell it starts from), so that results are cached per cell and shared by every
@@ -32,6 +32,8 @@ KEY_VERSION = 1
 Float rounding does not count (a cell computed on a GPU stands for the same cell on a CPU):
 the CPU's one-seed-at-a-time updates (train/bucketing.py) did not bump it."""
 CURVE_KEYS = ("test_win_rate", "test_return", "probe_q")
+DEFAULT_EPS_START = TrainConfig().explore.eps_start
+"""Cells fine-tuning from another epsilon say so in their name (and label)."""
 
 
 def digest(obj: dict) -> str:
@@ -53,7 +55,8 @@ class PretrainCell:
 
     @property
     def name(self) -> str:
-        return f"pretrain-{self.task.replace('/', '-')}"
+        return (f"pretrain-{self.task.replace('/', '-')}"
+                + ("-calql" if self.config.learner.cql.calibrated else ""))
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,10 @@ class FinetuneCell:
     @property
     def name(self) -> str:
         where = self.task.split("/")[0] if self.method == "qmix" else self.task.replace("/", "-")
-        ratio = self.base.finetune.offline_ratio
+        ratio, eps = self.base.finetune.offline_ratio, self.base.explore.eps_start
         return (f"{where}-{self.method}" + ("-cql" if self.cql_online else "")
-                + (f"-mix{ratio:g}" if ratio else ""))
+                + (f"-mix{ratio:g}" if ratio else "")
+                + (f"-eps{eps:g}" if eps != DEFAULT_EPS_START else ""))
 
 
 Cell = PretrainCell | FinetuneCell

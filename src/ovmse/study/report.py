@@ -23,6 +23,7 @@ import numpy as np
 from ovmse.plots import plot_panels
 from ovmse.runs import write_text
 from ovmse.stats import bootstrap_ci, interquartile_mean, steps_to_threshold, transition_drop
+from ovmse.study.cells import DEFAULT_EPS_START
 from ovmse.study.runner import plan_cells
 from ovmse.study.spec import Scale, Spec, task_map
 from ovmse.study.store import ResultStore
@@ -108,14 +109,17 @@ def _by_task(plan, results) -> dict[str, dict[str, dict]]:
 
 def cell_label(cell) -> str:
     """A fine-tuning cell's name in figures and tables: its method, "+ CQL online" where the
-    spec keeps CQL online for a method that drops it by default, and its offline mixing ratio."""
-    ratio = cell.base.finetune.offline_ratio
+    spec keeps CQL online for a method that drops it by default, its offline mixing ratio, and
+    its starting epsilon where it is not the default."""
+    ratio, eps = cell.base.finetune.offline_ratio, cell.base.explore.eps_start
     return (cell.method + (" + CQL online" if cell.cql_online else "")
-            + (f" mix {ratio:g}" if ratio else ""))
+            + (f" mix {ratio:g}" if ratio else "")
+            + (f" eps0 {eps:g}" if eps != DEFAULT_EPS_START else ""))
 
 
 def _offline_win(plan, results, task: str) -> float | None:
-    cell = next(c for c in plan.pretrain if c.task == task)
+    cell = next(c for c in plan.pretrain if c.task == task
+                and not c.config.learner.cql.calibrated)   # MACQL's, where most methods start
     return results[cell.key]["final_test"]["median_win_rate"] if cell.key in results else None
 
 
@@ -129,8 +133,10 @@ def _iqm_ci(scores) -> str:
 
 
 def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
-    # columns are methods: a task's cell of a method is found whatever its label says
-    by_task = {task: {r["method"]: r for r in runs.values() if not r.get("offline_ratio")}
+    # columns are methods: a task's cell of a method is its cell without offline mixing, at
+    # the default starting epsilon, whether or not it keeps CQL online
+    by_task = {task: {r["method"]: r for label, r in runs.items()
+                      if label.removesuffix(" + CQL online") == r["method"]}
                for task, runs in _by_task(plan, results).items()}
     methods = list(scale.methods)
     median_rows, iqm_rows = [], []

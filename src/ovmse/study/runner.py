@@ -4,11 +4,13 @@ sharing a study split its cells between them through per-cell claims (claims.py)
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 from ovmse.config import PretrainConfig, TrainConfig, with_overrides
 from ovmse.errors import UserError
+from ovmse.methods import CALIBRATED_START
 from ovmse.study.cells import Cell, FinetuneCell, PretrainCell, cell_dir, data_fingerprint
 from ovmse.study.claims import Claims
 from ovmse.datasets.store import METADATA_FILE
@@ -32,33 +34,52 @@ def find_dataset(task: str, roots: tuple[Path, ...]) -> Path | None:
     return None
 
 
-def pretrain_config(scale: Scale, dataset: str) -> PretrainConfig:
+def pretrain_config(scale: Scale, dataset: str, calibrated: bool = False) -> PretrainConfig:
+    """The pre-training config a scale gives a dataset: MACQL, or Cal-QL when `calibrated`
+    (the start of the methods in methods.CALIBRATED_START)."""
     cfg = PretrainConfig(dataset=dataset, steps=scale.pretrain_steps, num_seeds=scale.seeds,
                          test_interval=max(scale.pretrain_steps // 10, 1))
-    return with_overrides(cfg, scale.pretrain_settings)
+    cfg = with_overrides(cfg, scale.pretrain_settings)
+    return with_overrides(cfg, {"learner.cql.calibrated": True}) if calibrated else cfg
 
 
-def finetune_base(scale: Scale, map_name: str, offline_ratio: float) -> TrainConfig:
+def finetune_base(scale: Scale, map_name: str, offline_ratio: float,
+                  eps_start: float | None = None) -> TrainConfig:
+    """The fine-tuning config a scale gives a map, with this mixing ratio and, unless None,
+    this epsilon at the start of fine-tuning (else the settings' or the default, 1.0)."""
     cfg = TrainConfig(steps=scale.steps[map_name], num_seeds=scale.seeds,
                       test_interval=scale.test_interval[map_name])
     cfg = with_overrides(cfg, {**scale.settings, **scale.map_settings.get(map_name, {})})
-    return with_overrides(cfg, {"finetune.offline_ratio": float(offline_ratio)})
+    cfg = with_overrides(cfg, {"finetune.offline_ratio": float(offline_ratio)})
+    if eps_start is not None:
+        cfg = with_overrides(cfg, {"explore.eps_start": float(eps_start)})
+    return cfg
 
 
 def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS) -> Plan:
-    """The cells of a spec's scale, without duplicates (qmix runs once per map). A dataset not
-    found under `roots` leaves its pre-training cell's dataset empty (see `require_data`)."""
+    """The cells of a spec's scale, without duplicates (qmix runs once per map): per task a
+    MACQL pre-training cell, a Cal-QL one when a method starts from it, and the fine-tuning
+    cells. A dataset not found under `roots` leaves its pre-training cells' dataset empty (see
+    `require_data`)."""
     scale = spec.scale(scale_name)
     pretrain: dict[str, PretrainCell] = {}
     finetune: dict[str, FinetuneCell] = {}
     for task in scale.tasks:
         found = find_dataset(task, roots)
-        pre = PretrainCell(task, pretrain_config(scale, str(found or "")))
-        pretrain.setdefault(pre.key, pre)
+        macql = PretrainCell(task, pretrain_config(scale, str(found or "")))
+        pretrain.setdefault(macql.key, macql)
         for method in scale.methods:
-            for ratio in (scale.offline_ratios if method != "qmix" else (0.0,)):
-                cell = FinetuneCell(task, method, finetune_base(scale, task_map(task), ratio),
-                                    pre, cql_online=method == "ovmse"
+            pre = macql
+            if method in CALIBRATED_START:
+                pre = PretrainCell(task, pretrain_config(scale, str(found or ""), True))
+                pretrain.setdefault(pre.key, pre)
+            scratch = method == "qmix"
+            for ratio, eps in itertools.product(
+                    scale.offline_ratios if not scratch else (0.0,),
+                    scale.eps_starts if scale.eps_starts and not scratch else (None,)):
+                cell = FinetuneCell(task, method,
+                                    finetune_base(scale, task_map(task), ratio, eps), pre,
+                                    cql_online=method == "ovmse"
                                     and task_map(task) in scale.cql_online)
                 finetune.setdefault(cell.key, cell)
     return Plan(list(pretrain.values()), list(finetune.values()))

@@ -19,6 +19,8 @@ one study share one set of scale settings and therefore one cache of cells:
 Scale keys (all but tasks and methods may come from the included file):
   tasks, methods          the grid; qmix ignores the dataset and runs once per map
   offline_ratios          mixing ratios of the grid (default [0.0])
+  eps_starts              fine-tuning epsilon at env step 0 (`explore.eps_start`), an axis of
+                          the grid (default: the config's, 1.0); qmix runs at the default only
   seeds                   seeds per cell, trained in one program
   steps                   {map: env steps of fine-tuning}
   test_interval           {map: env steps between greedy tests}
@@ -56,6 +58,7 @@ class Scale:
     test_interval: dict[str, int]
     pretrain_steps: int
     offline_ratios: tuple[float, ...] = (0.0,)
+    eps_starts: tuple[float, ...] = ()
     cql_online: tuple[str, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
     map_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -149,6 +152,9 @@ def _scale(path: Path, name: str, table: dict) -> Scale:
     for task in scale.tasks:
         if task.count("/") != 1:
             raise UserError(f"{where}: task {task!r} is not of the form map/quality")
+    bad_eps = [e for e in scale.eps_starts if not 0.0 <= e <= 1.0]
+    if bad_eps:
+        raise UserError(f"{where}: eps_starts {bad_eps} must lie in [0, 1]")
     for key in ("steps", "test_interval"):
         lacking = [m for m in scale.maps if m not in getattr(scale, key)]
         if lacking:
