@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # The study's pages (docs/results/) and their blocks in docs/results.md, from experiments/results/.
-SPECS := methods table1 fig1 fig2_fig3 fig4 table2 cql_online
+SPECS := methods table1 fig1 fig2_fig3 fig4 table2 cql_online transition
 report: $(STAMP)
 	for spec in $(SPECS); do \
 	  $(VENV)/bin/ovmse experiment report $$spec --scale cpu --embed docs/results.md || exit 1; \

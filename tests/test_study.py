@@ -14,6 +14,7 @@ import pytest
 from ovmse.cli import main
 from ovmse.config import PretrainConfig, TrainConfig, to_dict, with_overrides
 from ovmse.errors import UserError
+from ovmse.provenance import code_version
 from ovmse.study import executors
 from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, run_cell
 from ovmse.study.executors import LocalExecutor
@@ -336,6 +337,12 @@ def test_final_table_report_from_stored_results(tmp_path):
     assert "Not run yet" not in text
     assert "| all tasks | 0.700 [0.600, 0.800] | 0.800 [0.700, 0.900] |" in text
     assert "Computed on: cpu (3 cells)" in text  # the pre-training and two fine-tuning cells
+    assert "Code: not recorded (3 cells)" in text
+    cell = plan_cells(spec, "cpu").finetune[0]
+    store.save(cell, dict(store.load(cell), code=dict(version="0.1.0", commit="ab" * 20,
+                                                      dirty=True)))
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    assert "Code: 0.1.0 at abababa, modified (1 cells), not recorded (2 cells)" in text
 
 
 def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
@@ -472,6 +479,7 @@ def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(toy_
     assert (finished / "summary.json").is_file() and (finished / "metrics.jsonl").is_file()
     stored = store.load(cell)
     assert stored["device"] == "cpu" and stored["method"] == "ovmse"
+    assert stored["code"] == code_version() == store.load(pre)["code"]   # which code computed it
     assert sorted(stored["curves"]) == ["0", "1"] and stored["curves"]["0"]["t_env"][0] == 0
     assert comparable(run_cell(cell, work)) == comparable(stored)  # read back, not rerun
 

@@ -350,8 +350,9 @@ class ExperimentRun:
     """Run every cell of an experiment spec (experiments/SPEC.toml) at a scale that is not in the
     results folder yet; an interrupted study resumes where it stopped."""
 
-    spec: tyro.conf.Positional[str]
-    """Spec name (table1, fig1, fig2_fig3, fig4, table2) or path to a .toml file."""
+    spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
+    """Spec name (methods, table1, fig1, fig2_fig3, fig4, table2, cql_online, transition) or
+    path to a .toml file."""
     scale: str = "cpu"
     """cpu (a 2-core machine, hours) or paper (the paper's maps and budgets)."""
     results: Path = Path("experiments/results")
@@ -364,8 +365,9 @@ class ExperimentRun:
     """local: cells on this machine (see --jobs); ray: one Ray task per cell."""
     jobs: int = 1
     """local: cells run at once, each in a worker process (1: one after the other in this
-    process). On a 2-core CPU, 2 runs a study faster: a cell keeps the cores only partly busy
-    and compiles on one (docs/benchmarks.md)."""
+    process). Whether 2 pays on a 2-core CPU depends on the host: it did where one cell kept
+    the cores only partly busy, and did not where one cell kept both busy (docs/benchmarks.md,
+    issue 15); time a cell both ways first."""
     address: str | None = None
     """Ray cluster address ("auto", "ray://host:10001"); default: a local Ray instance."""
     cpus_per_cell: float = 1.0
@@ -414,8 +416,8 @@ def run_experiment(cmd: ExperimentRun) -> int:
 class ExperimentReport:
     """Build an experiment's tables (Markdown) and figures (PNG) from its stored results alone."""
 
-    spec: tyro.conf.Positional[str]
-    """Spec name or path."""
+    spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
+    """Spec name (as for `ovmse experiment run`) or path."""
     scale: str = "cpu"
     """Which scale's cells to report."""
     results: Path = Path("experiments/results")
@@ -461,6 +463,17 @@ GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
 }
 
 
+DESCRIPTIONS = {
+    "": "Offline-to-online MARL (OVMSE) on SMAX. `ovmse --version` prints the version.",
+    "dataset": "Make, inspect, verify and mix offline datasets of SMAX episodes "
+               "(docs/datasets.md). `ovmse dataset COMMAND --help` gives each one's options.",
+    "experiment": "Run the paper's experiments (specs under experiments/) as cached cells, and "
+                  "report them (docs/results.md). `ovmse experiment COMMAND --help` gives each "
+                  "one's options.",
+}
+"""The help text above each command group's list of commands."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from ovmse import compilation_cache
 
@@ -477,8 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = tyro.extras.subcommand_cli_from_dict(
             {name: cls for name, (cls, _) in commands.items()}, args=argv,
             prog=f"ovmse {group}".strip(),
-            description="Offline-to-online MARL (OVMSE) on SMAX. `ovmse --version` prints the "
-                        "version.",
+            description=DESCRIPTIONS[group],
             config=(tyro.conf.OmitArgPrefixes,))
         handler = next(run for cls, run in commands.values() if type(cmd) is cls)
         code = handler(cmd)

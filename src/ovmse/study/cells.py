@@ -128,7 +128,7 @@ def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool) -> dict:
                 config=config, dataset=summary["dataset"] | dict(path=None),
                 dataset_fingerprint=pretrained_checkpoint(run_dir)[1]["dataset"]["fingerprint"],
                 final_test=summary["final_test"], wall_s=summary["wall_s"],
-                device=summary.get("device"),
+                device=summary.get("device"), code=summary.get("code"),
                 curves=_curves(read_jsonl(run_dir / "metrics.jsonl"), "updates",
                                ("test_win_rate", "test_return")))
 
@@ -165,6 +165,7 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool) -> dict:
                 pretrain_key=None if cell.method == "qmix" else cell.pretrain.key,
                 config=config, final_test=summary["final_test"], wall_s=summary["wall_s"],
                 env_steps_per_s=summary["env_steps_per_s"], device=summary.get("device"),
+                code=summary.get("code"),
                 curves=_curves(read_jsonl(run_dir / "metrics.jsonl"), "t_env", CURVE_KEYS))
 
 

@@ -44,7 +44,7 @@ def build_report(spec: Spec, scale_name: str, store: ResultStore, out_dir: Path)
              f"`ovmse experiment report {spec.name} --scale {scale_name}`.", "",
              _scale_text(scale), ""]
     if results:
-        lines += [_devices_text(results), ""]
+        lines += [_devices_text(results), "", _code_text(results), ""]
     missing = [c.name for c in plan.pretrain + plan.finetune if c.key not in results]
     if missing:
         lines += [f"**Not run yet ({len(missing)} cells):** {', '.join(missing)}.", ""]
@@ -75,6 +75,20 @@ def _devices_text(results: dict[str, dict]) -> str:
     """Which devices computed the stored cells (CPU and GPU runs of one seed differ)."""
     counts = Counter(r.get("device") or "not recorded" for r in results.values())
     return "Computed on: " + ", ".join(f"{d} ({n} cells)" for d, n in sorted(counts.items()))
+
+
+def _code_text(results: dict[str, dict]) -> str:
+    """Which code computed the stored cells: ovmse's version and commit (provenance.py);
+    "modified" when tracked files differed from that commit; cells stored before results
+    recorded it are "not recorded"."""
+    def describe(code: dict | None) -> str:
+        if not code:
+            return "not recorded"
+        where = f" at {code['commit'][:7]}" if code.get("commit") else ""
+        return f"{code['version']}{where}" + (", modified" if code.get("dirty") else "")
+
+    counts = Counter(describe(r.get("code")) for r in results.values())
+    return "Code: " + ", ".join(f"{c} ({n} cells)" for c, n in sorted(counts.items()))
 
 
 def _markdown_table(header: list[str], rows: list[list]) -> list[str]:

@@ -21,6 +21,7 @@ from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError, warn_user
 from ovmse.evaluation import TestStats
 from ovmse.plots import plot_learning_curve
+from ovmse.provenance import code_version
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
                         read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
                         save_checkpoint, write_json, write_jsonl)
@@ -268,6 +269,7 @@ def _summary(cfg: TrainConfig, records: list[dict], final: TestStats, wall_s: fl
     return dict(
         map=cfg.env.map, seeds=seeds, t_env=t_env, wall_s=round(wall_s, 2), device=device_name(),
         seed_loop=seed_loop, compiler_options=compiler.compiler_options(),
+        code=code_version(),
         env_steps_per_s=round(sum(t_env) / max(wall_s, 1e-9), 1),
         final_test=dict(episodes=cfg.final_test_episodes, win_rate=win,
                         mean_return=[float(x) for x in final.mean_return],

@@ -29,6 +29,7 @@ from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.learner import LearnerState, init_learner, make_networks
 from ovmse.plots import plot_learning_curve
+from ovmse.provenance import code_version
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
                         read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
                         save_checkpoint, write_json, write_jsonl)
@@ -201,6 +202,7 @@ def _summary(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, records: li
         map=spec.map_name, algo=cfg.algo, alpha=cfg.learner.cql.alpha,
         seeds=sorted({r["seed"] for r in records}), updates=cfg.steps, wall_s=round(wall_s, 2),
         device=device_name(), seed_loop=seed_loop, compiler_options=compiler.compiler_options(),
+        code=code_version(),
         updates_per_s=round(cfg.steps * cfg.num_seeds / max(wall_s, 1e-9), 2),
         dataset=dict(path=cfg.dataset, quality=dataset_meta["quality"],
                      episodes=dataset_meta["episodes"], win_rate=dataset_meta["win_rate"],
