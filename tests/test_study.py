@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from ovmse.cli import main
-from ovmse.config import PretrainConfig, TrainConfig, to_dict, with_overrides
+from ovmse.config import (PretrainConfig, TrainConfig, to_dict, validate_pretrain,
+                          with_overrides)
 from ovmse.errors import UserError
 from ovmse.provenance import code_version
 from ovmse.study import executors
@@ -130,7 +131,10 @@ def test_macal_ql_starts_from_a_cal_ql_pretraining_and_the_others_from_macql(tmp
     assert [c.name for c in plan.pretrain] == ["pretrain-3m-medium", "pretrain-3m-medium-calql"]
     macql, calql = plan.pretrain
     assert not macql.config.learner.cql.calibrated and calql.config.learner.cql.calibrated
-    assert calql.config == with_overrides(macql.config, {"learner.cql.calibrated": True})
+    assert calql.config == with_overrides(macql.config, {"algo": "macal-ql",
+                                                         "learner.cql.calibrated": True})
+    validate_pretrain(calql.config.resolved())   # a config `ovmse pretrain` accepts as it is
+    assert calql.config.resolved().learner.cql == calql.config.learner.cql
     starts = {c.method: c.pretrain.key for c in plan.finetune}
     assert starts == {"ovmse": macql.key, "macal-ql": calql.key, "macql": macql.key,
                       "qmix": macql.key}

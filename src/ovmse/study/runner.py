@@ -40,7 +40,8 @@ def pretrain_config(scale: Scale, dataset: str, calibrated: bool = False) -> Pre
     cfg = PretrainConfig(dataset=dataset, steps=scale.pretrain_steps, num_seeds=scale.seeds,
                          test_interval=max(scale.pretrain_steps // 10, 1))
     cfg = with_overrides(cfg, scale.pretrain_settings)
-    return with_overrides(cfg, {"learner.cql.calibrated": True}) if calibrated else cfg
+    return (with_overrides(cfg, {"algo": "macal-ql", "learner.cql.calibrated": True})
+            if calibrated else cfg)
 
 
 def finetune_base(scale: Scale, map_name: str, offline_ratio: float,
