@@ -1,7 +1,7 @@
 """Cells: the unit of work of a study, one training run of all its seeds.
 
-A `PretrainCell` pre-trains MACQL (or Cal-QL, for macal-ql) on one dataset; a `FinetuneCell` fine-tunes one method from a
-pre-trained cell (qmix only borrows the map and network sizes). Each cell has a key: the first
+A `PretrainCell` pre-trains MACQL (or Cal-QL, for macal-ql) on one dataset; a `FinetuneCell`
+fine-tunes one method from a pre-trained cell (qmix only borrows the map and network sizes). Each cell has a key: the first
 16 hex digits of SHA-256 over its canonical JSON (every config value that can change its result,
 and the key of the cell it starts from), so that results are cached per cell and shared by every
 spec that needs the same run. Datasets enter keys by task name ("3m/medium"); the dataset's

@@ -71,24 +71,29 @@ def _scale_text(scale: Scale) -> str:
     return text + "."
 
 
+def _cells_by(heading: str, values) -> str:
+    """'heading: value (n cells), ...' over the stored cells' values, in sorted order."""
+    counts = Counter(values)
+    return f"{heading}: " + ", ".join(f"{v} ({n} cells)" for v, n in sorted(counts.items()))
+
+
 def _devices_text(results: dict[str, dict]) -> str:
     """Which devices computed the stored cells (CPU and GPU runs of one seed differ)."""
-    counts = Counter(r.get("device") or "not recorded" for r in results.values())
-    return "Computed on: " + ", ".join(f"{d} ({n} cells)" for d, n in sorted(counts.items()))
+    return _cells_by("Computed on", (r.get("device") or "not recorded"
+                                     for r in results.values()))
 
 
 def _code_text(results: dict[str, dict]) -> str:
     """Which code computed the stored cells: ovmse's version and commit (provenance.py);
-    "modified" when tracked files differed from that commit; cells stored before results
-    recorded it are "not recorded"."""
+    "modified" when the code's tracked files differed from that commit; cells stored before
+    results recorded it are "not recorded"."""
     def describe(code: dict | None) -> str:
         if not code:
             return "not recorded"
         where = f" at {code['commit'][:7]}" if code.get("commit") else ""
         return f"{code['version']}{where}" + (", modified" if code.get("dirty") else "")
 
-    counts = Counter(describe(r.get("code")) for r in results.values())
-    return "Code: " + ", ".join(f"{c} ({n} cells)" for c, n in sorted(counts.items()))
+    return _cells_by("Code", (describe(r.get("code")) for r in results.values()))
 
 
 def _markdown_table(header: list[str], rows: list[list]) -> list[str]:

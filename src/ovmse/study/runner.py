@@ -66,13 +66,13 @@ def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS
     pretrain: dict[str, PretrainCell] = {}
     finetune: dict[str, FinetuneCell] = {}
     for task in scale.tasks:
-        found = find_dataset(task, roots)
-        macql = PretrainCell(task, pretrain_config(scale, str(found or "")))
+        dataset = str(find_dataset(task, roots) or "")
+        macql = PretrainCell(task, pretrain_config(scale, dataset))
         pretrain.setdefault(macql.key, macql)
         for method in scale.methods:
             pre = macql
             if method in CALIBRATED_START:
-                pre = PretrainCell(task, pretrain_config(scale, str(found or ""), True))
+                pre = PretrainCell(task, pretrain_config(scale, dataset, calibrated=True))
                 pretrain.setdefault(pre.key, pre)
             scratch = method == "qmix"
             for ratio, eps in itertools.product(
