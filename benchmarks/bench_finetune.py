@@ -2,7 +2,7 @@
 seeds, on one map and dataset; learning curves, the unlearning probe, the drop at the
 transition, steps to win-rate thresholds and throughput.
 
-    python benchmarks/bench_finetune.py --dataset datasets/3m/medium --tag 3m_medium_cpu \
+    python benchmarks/bench_finetune.py --dataset 3m/medium --tag 3m_medium_cpu \
         --methods ovmse ovm se switch-cql macql qmix --seeds 3 --steps 200000
     python benchmarks/bench_finetune.py --throughput --tag 3m_cpu --work-dir DIR \
         --methods qmix switch-cql ovmse action-proposal macql
@@ -49,7 +49,7 @@ def finished(run_dir: Path) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="datasets/3m/medium")
+    parser.add_argument("--dataset", default="3m/medium")
     parser.add_argument("--methods", nargs="+",
                         default=["ovmse", "ovm", "se", "switch-cql", "macql", "qmix"])
     parser.add_argument("--seeds", type=int, default=3)

@@ -1,7 +1,7 @@
 """Benchmark of offline pre-training: the greedy win rate of MACQL policies vs gradient steps,
 for several CQL weights alpha, beside the dataset's own win rate.
 
-    python benchmarks/bench_pretrain.py --data 3m=datasets/3m/medium \
+    python benchmarks/bench_pretrain.py --data 3m=3m/medium \
         2s3z=datasets-build/2s3z/medium --alphas 0 1 5 --seeds 3 --steps 5000
 
 Each (dataset, alpha) is one `ovmse pretrain` run with its seeds vmapped in one program; alpha 0
@@ -82,7 +82,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", default=["3m=datasets/3m/medium"],
+    parser.add_argument("--data", nargs="+", default=["3m=3m/medium"],
                         help="NAME=DATASET_PATH pairs")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 1.0, 5.0])
     parser.add_argument("--algo", default="macql", choices=["macql", "macal-ql"])

@@ -82,8 +82,9 @@ def main() -> None:
 
 def compare(args, work: Path) -> dict:
     before_src = checkout(args.before, work / "before-code")
-    data = {m: str(before_src.parent / "datasets" / m / "medium") for m in args.maps
-            if (before_src.parent / "datasets" / m / "medium" / "dataset.json").exists()}
+    shipped = [before_src.parent / "datasets", before_src / "ovmse" / "datasets" / "shipped"]
+    data = {m: str(root / m / "medium") for root in reversed(shipped) for m in args.maps
+            if (root / m / "medium" / "dataset.json").exists()}
     for map_name in args.maps:
         if map_name not in data:
             data[map_name] = str(work / "data" / map_name / "random")
@@ -115,10 +116,13 @@ def git(*args: str) -> str:
 
 
 def checkout(rev: str, dest: Path) -> Path:
-    """The source tree (src/ and datasets/) of `rev` in dest; returns dest/src."""
+    """The source tree of `rev` in dest (src/, and datasets/ where the shipped datasets lived
+    outside the package before 0.2); returns dest/src."""
     if not (dest / "src").exists():
         dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", rev, "src", "datasets"], cwd=ROOT,
+        paths = ["src"] + (["datasets"] if subprocess.run(
+            ["git", "cat-file", "-e", f"{rev}:datasets"], cwd=ROOT).returncode == 0 else [])
+        archive = subprocess.run(["git", "archive", rev, *paths], cwd=ROOT,
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest / "src"

@@ -69,9 +69,11 @@ import time
 import zipfile
 from pathlib import Path
 
+from ovmse.datasets.locate import SHIPPED
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-DATASET = REPO / "datasets" / "3m" / "medium"
+DATASET = SHIPPED / "3m" / "medium"
 PROGRAMS = ("train", "pretrain", "finetune")
 TINY_NETWORK = ["--agent-hidden-dim", "16", "--mixer-embed-dim", "8",
                 "--hypernet-hidden-dim", "16"]

@@ -34,9 +34,9 @@ def test_a_group_help_says_what_the_group_does_and_lists_its_commands(group, say
 
 
 def test_the_run_help_names_every_shipped_spec(capsys):
-    from ovmse.study.spec import EXPERIMENTS_DIR
+    from ovmse.study.spec import SPECS_DIR
 
-    shipped = sorted(p.stem for p in (REPO / EXPERIMENTS_DIR).glob("*.toml") if p.stem != "common")
+    shipped = sorted(p.stem for p in SPECS_DIR.glob("*.toml") if p.stem != "common")
     with pytest.raises(SystemExit):
         main(["experiment", "run", "--help"])
     out = " ".join(capsys.readouterr().out.split())

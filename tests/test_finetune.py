@@ -2,7 +2,6 @@
 proposal, offline data mixing, every method's switches, and a tiny run end to end."""
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ from ovmse.buffers.episode import EpisodeBatch, init_buffer
 from ovmse.cli import main
 from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, MemoryConfig, NetworkConfig,
                           TrainConfig)
+from ovmse.datasets.locate import SHIPPED as SHIPPED_ROOT
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
 from ovmse.learner import (OfflineMemory, init_learner, learner_update, make_networks,
@@ -23,7 +23,7 @@ from ovmse.runs import read_jsonl
 from ovmse.train.driver import train
 from ovmse.train.online import OnlineTrainer
 
-SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "3m"
+SHIPPED = SHIPPED_ROOT / "3m"
 TINY_ONLINE = ["--steps", "400", "--num-envs", "4", "--test-interval", "200",
                "--test-episodes", "4", "--final-test-episodes", "8", "--batch-size", "8",
                "--buffer-size", "32", "--length-buckets", "2", "--checkpoint-interval", "200",

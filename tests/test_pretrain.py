@@ -3,7 +3,6 @@ checkpoint the online phase loads."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from ovmse.cli import main
 from ovmse.config import CqlConfig, LearnerConfig, PretrainConfig
+from ovmse.datasets.locate import SHIPPED as SHIPPED_ROOT
 from ovmse.envs import make_env
 from ovmse.errors import UserError
 from ovmse.runs import device_name, read_jsonl
@@ -18,7 +18,7 @@ from ovmse.train.keys import FINAL_TEST_INDEX
 from ovmse.train.pretrain import load_pretrained, pretrain
 from ovmse.train.offline import OfflineTrainer
 
-SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "3m"
+SHIPPED = SHIPPED_ROOT / "3m"
 TINY = PretrainConfig(
     dataset=str(SHIPPED / "medium"), steps=6, test_interval=3, test_episodes=4,
     final_test_episodes=8, checkpoint_interval=3, num_seeds=2,

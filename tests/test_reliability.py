@@ -24,6 +24,7 @@ import pytest
 from conftest import tiny_train_config
 from ovmse.cli import GROUPS, main
 from ovmse.config import CqlConfig, LearnerConfig, NetworkConfig, PretrainConfig
+from ovmse.datasets.locate import SHIPPED as SHIPPED_ROOT
 from ovmse.datasets.store import (METADATA_FILE, load_dataset, read_metadata, verify_dataset,
                                   write_dataset)
 from ovmse.envs import make_env
@@ -34,7 +35,7 @@ from ovmse.train.driver import expected_updates, train, warn_if_few_updates
 from ovmse.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "datasets" / "3m"
+SHIPPED = SHIPPED_ROOT / "3m"
 TINY_PRETRAIN = PretrainConfig(
     dataset=str(SHIPPED / "medium"), steps=6, test_interval=3, test_episodes=4,
     final_test_episodes=4, checkpoint_interval=3, num_seeds=1,

@@ -1,18 +1,18 @@
-"""The datasets committed in datasets/ are intact, load for their map, and their qualities are
-ordered as the recipe intends (random < medium < expert in win rate and return)."""
-
-from pathlib import Path
+"""The datasets shipped in the package (ovmse/datasets/shipped/) are intact, load for their map,
+and their qualities are ordered as the recipe intends (random < medium < expert in win rate and
+return)."""
 
 import pytest
 
 from ovmse.config import NetworkConfig
 from ovmse.datasets.loader import load_into_buffer
+from ovmse.datasets.locate import SHIPPED as SHIPPED_ROOT
 from ovmse.datasets.store import read_metadata, verify_dataset
 from ovmse.envs import make_env
 from ovmse.learner import make_networks
 from ovmse.snapshots import load_policy_snapshot
 
-SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "3m"
+SHIPPED = SHIPPED_ROOT / "3m"
 QUALITIES = ("random", "medium", "expert")
 
 

@@ -25,7 +25,7 @@ from ovmse.study.spec import load_spec
 from ovmse.study.store import ResultStore
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "datasets"
+SHIPPED = REPO / "src" / "ovmse" / "datasets" / "shipped"
 SPECS = ("table1", "fig1", "fig2_fig3", "fig4", "table2", "methods", "cql_online",
          "transition")
 
@@ -211,7 +211,7 @@ def get(cfg, path):
 
 
 def toy_cells():
-    pre = PretrainCell("3m/medium", PretrainConfig(dataset="datasets/3m/medium"))
+    pre = PretrainCell("3m/medium", PretrainConfig(dataset="3m/medium"))
     return pre, FinetuneCell("3m/medium", "ovmse", TrainConfig(), pre)
 
 

@@ -6,7 +6,7 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
     ovmse finetune ...               online fine-tuning: OVMSE and the baselines (methods.py)
     ovmse run ...                    the whole pipeline at small scale (pipeline.py)
     ovmse dataset build|collect|info|verify|mix ...   offline datasets (datasets/)
-    ovmse experiment run|report SPEC ...              the study (study/, experiments/)
+    ovmse experiment run|report SPEC ...              the study (study/; results in experiments/)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Annotated, Callable, Literal
 import tyro
 
 from ovmse.config import FinetuneAlgo, PipelineConfig, PretrainConfig, TrainConfig
+from ovmse.datasets.locate import DATA_ROOTS, locate_dataset
 from ovmse.errors import UserError
 
 Quality = Literal["random", "medium", "medium-replay", "expert"]
@@ -195,7 +196,7 @@ class DatasetBuild:
 
 
 BUILD_ROOT = Path("datasets-build")
-"""Where dataset commands write by default: one folder per map, never the shipped datasets/."""
+"""Where dataset commands write by default: one folder per map, never the shipped datasets."""
 
 
 def run_dataset_build(cmd: DatasetBuild) -> int:
@@ -279,8 +280,8 @@ def _check_collection_args(map_name: str, episodes: int, epsilon: float, seed: i
 class DatasetInfo:
     """Print a dataset's card: episodes, transitions, returns, win rate, how it was made."""
 
-    path: tyro.conf.Positional[Path]
-    """Dataset folder."""
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")]
+    """Dataset folder, or a map/quality name (3m/medium: the shipped one; datasets-build/...)."""
     gamma: float | None = None
     """Also print the data's mean discounted return-to-go at this discount (e.g. 0.99): the
     value a calibrated Q_tot of the data's actions approaches (reads the arrays)."""
@@ -290,9 +291,10 @@ def run_dataset_info(cmd: DatasetInfo) -> int:
     from ovmse.datasets.card import dataset_card, mean_return_to_go
     from ovmse.datasets.store import read_metadata
 
-    print(dataset_card(read_metadata(cmd.path), str(cmd.path)))
+    path = Path(locate_dataset(cmd.path))
+    print(dataset_card(read_metadata(path), cmd.path))
     if cmd.gamma is not None:
-        over_steps, at_start = mean_return_to_go(cmd.path, cmd.gamma)
+        over_steps, at_start = mean_return_to_go(path, cmd.gamma)
         print(f"discounted return-to-go (gamma {cmd.gamma:g}): mean over steps {over_steps:.2f}, "
               f"at the first step {at_start:.2f}")
     return 0
@@ -302,14 +304,14 @@ def run_dataset_info(cmd: DatasetInfo) -> int:
 class DatasetVerify:
     """Check a dataset's files (sizes, SHA-256), arrays (checksums, shapes) and episodes."""
 
-    path: tyro.conf.Positional[Path]
-    """Dataset folder."""
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")]
+    """Dataset folder, or a map/quality name (3m/medium: the shipped one; datasets-build/...)."""
 
 
 def run_dataset_verify(cmd: DatasetVerify) -> int:
     from ovmse.datasets.store import verify_dataset
 
-    meta = verify_dataset(cmd.path)
+    meta = verify_dataset(Path(locate_dataset(cmd.path)))
     print(f"{cmd.path}: OK ({len(meta['manifest'])} files, {meta['episodes']} episodes, "
           f"{meta['transitions']} transitions)")
     return 0
@@ -319,8 +321,8 @@ def run_dataset_verify(cmd: DatasetVerify) -> int:
 class DatasetMix:
     """Concatenate datasets of the same map into one (quality "mixed")."""
 
-    sources: tyro.conf.Positional[tuple[Path, ...]]
-    """Dataset folders, in the order their episodes are kept."""
+    sources: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")]
+    """Dataset folders or map/quality names, in the order their episodes are kept."""
     out: Path | None = None
     """Dataset folder to write (default: datasets-build/<map>/mixed)."""
     overwrite: bool = False
@@ -333,8 +335,9 @@ def run_dataset_mix(cmd: DatasetMix) -> int:
 
     if not cmd.sources:
         raise UserError("give the dataset folders to mix")
-    out = cmd.out or BUILD_ROOT / read_metadata(cmd.sources[0])["map"] / "mixed"
-    meta = mix_datasets(list(cmd.sources), out, overwrite=cmd.overwrite)
+    sources = [Path(locate_dataset(s)) for s in cmd.sources]
+    out = cmd.out or BUILD_ROOT / read_metadata(sources[0])["map"] / "mixed"
+    meta = mix_datasets(sources, out, overwrite=cmd.overwrite)
     print(f"{out}: {meta['episodes']} episodes from {len(cmd.sources)} datasets, mean return "
           f"{meta['mean_return']:.2f}, win rate {meta['win_rate']:.3f}")
     return 0
@@ -347,8 +350,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class ExperimentRun:
-    """Run every cell of an experiment spec (experiments/SPEC.toml) at a scale that is not in the
-    results folder yet; an interrupted study resumes where it stopped."""
+    """Run every cell of an experiment spec (a name: the specs shipped in ovmse/study/specs/) at a
+    scale that is not in the results folder yet; an interrupted study resumes where it stopped."""
 
     spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
     """Spec name (methods, table1, fig1, fig2_fig3, fig4, table2, cql_online, transition) or
@@ -359,8 +362,9 @@ class ExperimentRun:
     """Result cache: one JSON per finished cell, shared by all specs."""
     work_dir: Path = Path("runs/experiments")
     """Run folders (checkpoints, metrics) of the cells."""
-    data_roots: tuple[Path, ...] = (Path("datasets"), Path("datasets-build"))
-    """Folders searched, in order, for the spec's map/quality datasets."""
+    data_roots: tuple[Path, ...] | None = None
+    """Folders searched, in order, for the spec's map/quality datasets (default: the shipped
+    datasets, then ./datasets, then ./datasets-build)."""
     executor: Literal["local", "ray"] = "local"
     """local: cells on this machine (see --jobs); ray: one Ray task per cell."""
     jobs: int = 1
@@ -394,8 +398,9 @@ def run_experiment(cmd: ExperimentRun) -> int:
     from ovmse.study.store import ResultStore
 
     spec, store = load_spec(cmd.spec), ResultStore(cmd.results)
+    roots = DATA_ROOTS if cmd.data_roots is None else cmd.data_roots
     if cmd.dry_run:
-        plan = select(plan_cells(spec, cmd.scale, cmd.data_roots),
+        plan = select(plan_cells(spec, cmd.scale, roots),
                       cmd.tasks, cmd.methods)
         for cell in plan.pretrain + plan.finetune:
             print(f"{'cached ' if store.has(cell) else 'to run '} {cell.key}  {cell.name}")
@@ -403,7 +408,7 @@ def run_experiment(cmd: ExperimentRun) -> int:
     executor = (LocalExecutor(progress=cmd.progress and cmd.jobs == 1, jobs=cmd.jobs)
                 if cmd.executor == "local" else
                 RayExecutor(cmd.address, cmd.cpus_per_cell, cmd.gpus_per_cell))
-    counts = run_study(spec, cmd.scale, store, cmd.work_dir, executor, cmd.data_roots,
+    counts = run_study(spec, cmd.scale, store, cmd.work_dir, executor, roots,
                        tasks=cmd.tasks, methods=cmd.methods)
     elsewhere = (f", {counts['running_elsewhere']} skipped (another runner holds them or their "
                  f"pre-training; run again once it is done)" if counts["running_elsewhere"] else "")
@@ -467,8 +472,8 @@ DESCRIPTIONS = {
     "": "Offline-to-online MARL (OVMSE) on SMAX. `ovmse --version` prints the version.",
     "dataset": "Make, inspect, verify and mix offline datasets of SMAX episodes "
                "(docs/datasets.md). `ovmse dataset COMMAND --help` gives each one's options.",
-    "experiment": "Run the paper's experiments (specs under experiments/) as cached cells, and "
-                  "report them (docs/results.md). `ovmse experiment COMMAND --help` gives each "
+    "experiment": "Run the paper's experiments (specs shipped in ovmse/study/specs/) as cached "
+                  "cells in experiments/results/, and report them (docs/results.md). `ovmse experiment COMMAND --help` gives each "
                   "one's options.",
 }
 """The help text above each command group's list of commands."""

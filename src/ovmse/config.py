@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ovmse.datasets.locate import locate_dataset
 from ovmse.errors import UserError
 
 ExplorationName = Literal["epsilon_greedy", "sequential"]
@@ -133,7 +134,8 @@ class FinetuneConfig:
     """Pre-training run folder (ovmse pretrain) whose networks start the online phase; empty:
     from scratch."""
     dataset: str = ""
-    """Offline dataset mixed into online batches (default: the checkpoint's)."""
+    """Offline dataset (folder or map/quality name) mixed into online batches (default: the
+    checkpoint's)."""
     offline_ratio: float = 0.0
     """Fraction of each batch's episodes drawn from the offline dataset, the rest from the online
     buffer (the paper tries 0, 0.1, 0.3, 0.5; OVMSE is best at 0 or 0.1)."""
@@ -170,10 +172,10 @@ class TrainConfig:
     """Env steps between resumable checkpoints (the last one is always written)."""
 
     def resolved(self) -> "TrainConfig":
-        """The config as trained: the checkpoint and dataset paths made absolute, so that the
-        run folder's config.json works from any directory."""
+        """The config as trained: the checkpoint path made absolute and the dataset located
+        (locate_dataset), so that the run folder's config.json works from any directory."""
         finetune = dataclasses.replace(self.finetune, checkpoint=absolute(self.finetune.checkpoint),
-                                       dataset=absolute(self.finetune.dataset))
+                                       dataset=locate_dataset(self.finetune.dataset))
         return dataclasses.replace(self, finetune=finetune)
 
 
@@ -191,8 +193,9 @@ class PretrainConfig:
     """Offline pre-training on a dataset: QMIX TD loss + alpha * CQL (eq. 10), MACQL or MACal-QL.
     The map and sizes come from the dataset."""
 
-    dataset: str = "datasets/3m/medium"
-    """Dataset folder (ovmse dataset ...); its map is the map trained and tested on."""
+    dataset: str = "3m/medium"
+    """Dataset folder, or a map/quality name ("3m/medium": the shipped one; datasets/locate.py);
+    its map is the map trained and tested on."""
     algo: PretrainAlgo = "macql"
     """macql: the regulariser of eq. 9; macal-ql: the same, calibrated as in Cal-QL (sets
     learner.cql.calibrated)."""
@@ -223,12 +226,12 @@ class PretrainConfig:
     """Reward factor of the test environment: the datasets' rewards are on SMAC's scale."""
 
     def resolved(self) -> "PretrainConfig":
-        """The config as trained: learner.cql.calibrated follows algo; the dataset path is made
-        absolute (the run folder's config.json works from any directory)."""
+        """The config as trained: learner.cql.calibrated follows algo; the dataset is located as
+        an absolute folder (locate_dataset: the run folder's config.json works from anywhere)."""
         _check(not self.learner.cql.calibrated or self.algo == "macal-ql",
                "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
         cql = dataclasses.replace(self.learner.cql, calibrated=self.algo == "macal-ql")
-        return dataclasses.replace(self, dataset=absolute(self.dataset),
+        return dataclasses.replace(self, dataset=locate_dataset(self.dataset),
                                    learner=dataclasses.replace(self.learner, cql=cql))
 
 
@@ -236,8 +239,8 @@ class PretrainConfig:
 class PipelineConfig:
     """`ovmse run`: the offline-to-online pipeline at a CPU-sized scale (pipeline.py)."""
 
-    dataset: str = "datasets/3m/medium"
-    """Dataset to pre-train on (the shipped 3m medium by default)."""
+    dataset: str = "3m/medium"
+    """Dataset folder or map/quality name to pre-train on (the shipped 3m medium by default)."""
     baseline: str = "switch-cql"
     """The method fine-tuned beside OVMSE (any of `ovmse finetune --algo`)."""
     num_seeds: int = 2

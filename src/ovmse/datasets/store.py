@@ -32,13 +32,13 @@ import numpy as np
 
 from ovmse.buffers.episode import EpisodeBatch
 from ovmse.datasets.layout import ROW_FIELDS, episode_bounds, episodes_to_rows, rows_to_episodes
+from ovmse.datasets.locate import METADATA_FILE, shipped_names
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
 from ovmse.runs import current_umask, json_text
 
 FORMAT = "ovmse-dataset"
 FORMAT_VERSION = 1
-METADATA_FILE = "dataset.json"
 VAULT_DIR = "vault"
 
 
@@ -245,6 +245,10 @@ def read_metadata(path: Path) -> dict:
     not JSON, of another format or version, or lacks a key (or holds the wrong type)."""
     path = Path(path)
     meta_path = path / METADATA_FILE
+    if not path.exists():
+        raise UserError(f"no dataset at {path}: give a dataset folder or a map/quality name "
+                        f"(shipped: {', '.join(shipped_names())}; built ones under "
+                        f"datasets-build/)")
     if not meta_path.is_file():
         raise UserError(f"{path} is not a dataset: {METADATA_FILE} is missing")
     try:

@@ -9,29 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovmse.config import PretrainConfig, TrainConfig, with_overrides
+from ovmse.datasets.locate import DATA_ROOTS, find_dataset
 from ovmse.errors import UserError
 from ovmse.methods import CALIBRATED_START
 from ovmse.study.cells import Cell, FinetuneCell, PretrainCell, cell_dir, data_fingerprint
 from ovmse.study.claims import Claims
-from ovmse.datasets.store import METADATA_FILE
 from ovmse.study.spec import Scale, Spec, task_map
 from ovmse.study.store import ResultStore
-
-DATA_ROOTS = (Path("datasets"), Path("datasets-build"))
-"""Where "map/quality" datasets are looked up, in order: the shipped ones, then local builds."""
-
 
 @dataclass(frozen=True)
 class Plan:
     pretrain: list[PretrainCell]
     finetune: list[FinetuneCell]
-
-
-def find_dataset(task: str, roots: tuple[Path, ...]) -> Path | None:
-    for root in roots:
-        if (Path(root) / task / METADATA_FILE).exists():
-            return Path(root) / task
-    return None
 
 
 def pretrain_config(scale: Scale, dataset: str, calibrated: bool = False) -> PretrainConfig:

@@ -1,10 +1,14 @@
-"""Experiment specs: one TOML file per paper artefact under experiments/, read into a `Spec`.
+"""Experiment specs: one TOML file per paper artefact, read into a `Spec`. The paper's specs ship
+with the package (SPECS_DIR, ovmse/study/specs/) and are named by their stem ("table1"); any other
+spec is given as a path to its .toml file.
 
 A spec names the report it feeds (`report`: final_table, probe, curves, mixing) and, per scale
 (`cpu`, `paper`), the grid of cells to run: tasks ("map/quality" datasets) x methods x offline
 mixing ratios, with the budget and settings every cell of that scale shares. `include` names a
-file (relative to the spec) whose tables are merged under the spec's own, so that the specs of
-one study share one set of scale settings and therefore one cache of cells:
+file (beside the spec, else among the shipped specs: a spec of one's own may include
+"common.toml") whose tables are merged under the spec's own, so that the specs of one study
+share one set of scale settings and therefore one cache of cells; the spec has the scales it
+names itself:
 
     name = "table1"
     title = "Final median win rate after fine-tuning"
@@ -44,7 +48,8 @@ from ovmse.errors import UserError
 from ovmse.methods import METHODS
 
 REPORTS = ("final_table", "probe", "curves", "mixing")
-EXPERIMENTS_DIR = Path("experiments")
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+"""The paper's specs, installed with the package."""
 
 
 @dataclass(frozen=True)
@@ -94,14 +99,19 @@ def task_map(task: str) -> str:
     return task.split("/")[0]
 
 
+def spec_names() -> list[str]:
+    """The shipped specs' names (common.toml, the shared settings, is not a spec)."""
+    return sorted(p.stem for p in SPECS_DIR.glob("*.toml") if p.stem != "common")
+
+
 def spec_path(name_or_path: str) -> Path:
-    """experiments/<name>.toml for a bare name, else the path itself."""
+    """The shipped spec of a bare name, else the .toml path itself."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+        path = SPECS_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml") if p.stem != "common")
-        raise UserError(f"no experiment spec {path}; known specs: {', '.join(known) or 'none'}")
+        raise UserError(f"no experiment spec {name_or_path}; known specs: "
+                        f"{', '.join(spec_names())}, or a path to a .toml file")
     return path
 
 
@@ -110,7 +120,12 @@ def load_spec(name_or_path: str) -> Spec:
     path = spec_path(name_or_path)
     raw = _read_toml(path)
     if "include" in raw:
-        raw = _merge(_read_toml(path.parent / raw.pop("include")), raw)
+        included = path.parent / raw.pop("include")
+        if not included.is_file():
+            included = SPECS_DIR / included.name
+        own_scales = raw.get("scale", {})
+        raw = _merge(_read_toml(included), raw)
+        raw["scale"] = {name: raw["scale"][name] for name in own_scales}
     for key in ("name", "title", "paper", "report", "scale"):
         if key not in raw:
             raise UserError(f"spec {path} lacks the key {key!r}")
