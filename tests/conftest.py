@@ -36,3 +36,24 @@ def tiny_train_config(**overrides) -> TrainConfig:
 @pytest.fixture
 def tiny_config() -> TrainConfig:
     return tiny_train_config()
+
+
+def read_tensorboard(folder: Path) -> dict:
+    """Every event file under `folder`, decoded (TFRecord framing, tensorboardX's protos):
+    {"scalars": {tag: [(step, value), ...]}, "purge_steps": [step, ...]} in file order."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    scalars, purges = {}, []
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                purges.append(event.step)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return dict(scalars=scalars, purge_steps=purges)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_train_config
+from conftest import read_tensorboard, tiny_train_config
 from ovmse.cli import main
 from ovmse.runs import device_name, read_jsonl
 from ovmse.train.driver import train
@@ -47,6 +47,19 @@ def test_run_folder_holds_config_metrics_checkpoint_summary_and_plot(reference_r
     assert summary["seed_loop"] == "sequential"   # the CPU's way of updating seeds
     assert summary["compiler_options"] == {"xla_backend_optimization_level": 1}
     assert json.loads((run_dir / "config.json").read_text())["num_seeds"] == 2
+
+
+def test_the_run_folder_holds_tensorboard_events_of_the_logged_scalars(reference_run):
+    run_dir, _ = reference_run
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    for seed in (0, 1):
+        scalars = read_tensorboard(run_dir / "tensorboard" / f"seed_{seed}")["scalars"]
+        mine = [r for r in records if r["seed"] == seed]
+        steps, values = zip(*scalars["test/win_rate"])
+        assert list(steps) == [r["t_env"] for r in mine]
+        assert values == pytest.approx([r["test_win_rate"] for r in mine])
+        assert [s for s, _ in scalars["train/loss"]] == [r["t_env"] for r in mine if "loss" in r]
+        assert {"train/epsilon", "time/wall_s", "test/return"} <= set(scalars)
 
 
 def test_same_seed_gives_identical_metrics(reference_run, tmp_path):
@@ -90,10 +103,10 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(refe
 
 def test_cli_trains_and_prints_a_table(tmp_path, capsys):
     out = tmp_path / "cli-run"
-    assert main(["train", *TINY_FLAGS, "--out", str(out)]) == 0
+    assert main(["train", *TINY_FLAGS, "--out", str(out), "--no-tensorboard"]) == 0
     printed = capsys.readouterr().out
     assert "median test win rate" in printed and "final test (8 episodes per seed)" in printed
-    assert (out / "summary.json").is_file()
+    assert (out / "summary.json").is_file() and not (out / "tensorboard").exists()
 
 
 @pytest.mark.parametrize("flags, message", [

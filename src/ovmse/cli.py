@@ -41,6 +41,9 @@ class Train:
     (give no other options)."""
     progress: bool = True
     """Show a progress bar with the live test win rate."""
+    tensorboard: bool = True
+    """Also write the metrics as TensorBoard event files, one folder per seed under
+    RUN/tensorboard/ (`tensorboard --logdir RUN`); metrics.jsonl is written either way."""
 
 
 def run_train(cmd: Train) -> int:
@@ -55,7 +58,8 @@ def run_train(cmd: Train) -> int:
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir, resume = cmd.out or Path("runs") / f"{cmd.config.env.map}-qmix-{stamp}", False
-    summary = train(cmd.config, run_dir, resume=resume, progress=cmd.progress)
+    summary = train(cmd.config, run_dir, resume=resume, progress=cmd.progress,
+                    tensorboard=cmd.tensorboard)
     print(format_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
@@ -76,6 +80,9 @@ class Pretrain:
     (give no other options)."""
     progress: bool = True
     """Show a progress bar with the live test win rate."""
+    tensorboard: bool = True
+    """Also write the metrics as TensorBoard event files, one folder per seed under
+    RUN/tensorboard/ (`tensorboard --logdir RUN`); metrics.jsonl is written either way."""
 
 
 def run_pretrain(cmd: Pretrain) -> int:
@@ -92,7 +99,8 @@ def run_pretrain(cmd: Pretrain) -> int:
         name = Path(cmd.config.dataset).parent.name or "data"
         run_dir = cmd.out or Path("runs") / f"{name}-{cmd.config.algo}-{stamp}"
         resume = False
-    summary = pretrain(cmd.config, run_dir, resume=resume, progress=cmd.progress)
+    summary = pretrain(cmd.config, run_dir, resume=resume, progress=cmd.progress,
+                       tensorboard=cmd.tensorboard)
     print(format_pretrain_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
@@ -118,6 +126,9 @@ class Finetune:
     """Continue the run in this folder from its last checkpoint (give no other options)."""
     progress: bool = True
     """Show a progress bar with the live test win rate."""
+    tensorboard: bool = True
+    """Also write the metrics as TensorBoard event files, one folder per seed under
+    RUN/tensorboard/ (`tensorboard --logdir RUN`); metrics.jsonl is written either way."""
 
 
 def run_finetune(cmd: Finetune) -> int:
@@ -135,7 +146,8 @@ def run_finetune(cmd: Finetune) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = cmd.out or Path("runs") / f"{cfg.env.map}-{cmd.algo}-{stamp}"
         resume = False
-    summary = train(cfg, run_dir, resume=resume, progress=cmd.progress)
+    summary = train(cfg, run_dir, resume=resume, progress=cmd.progress,
+                    tensorboard=cmd.tensorboard)
     print(format_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
@@ -153,13 +165,16 @@ class Run:
     """Folder for every phase's run folder (default: runs/main-<date-time>)."""
     progress: bool = True
     """Show progress bars."""
+    tensorboard: bool = True
+    """Also write the metrics as TensorBoard event files, one folder per seed under
+    each phase's tensorboard/ (`tensorboard --logdir OUT`); metrics.jsonl is written either way."""
 
 
 def run_main_job(cmd: Run) -> int:
     from ovmse.pipeline import format_results, run_pipeline
 
     out = cmd.out or Path("runs") / f"main-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_pipeline(cmd.config, out, progress=cmd.progress)
+    result = run_pipeline(cmd.config, out, progress=cmd.progress, tensorboard=cmd.tensorboard)
     print(format_results(result))
     print(f"figure: {out / 'offline_to_online.png'}")
     print(f"run folders: {out}")

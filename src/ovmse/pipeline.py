@@ -26,7 +26,8 @@ from ovmse.train.driver import train
 from ovmse.train.pretrain import pretrain
 
 
-def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True) -> dict:
+def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
+                 tensorboard: bool = True) -> dict:
     """Run every phase into `out` (pretrain/, ovmse/, <baseline>/) and return the results
     table as a dict (also written to out/results.json)."""
     from ovmse.errors import UserError
@@ -40,7 +41,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True) -> dict:
         dataset=cfg.dataset, steps=cfg.pretrain_steps, num_seeds=cfg.num_seeds,
         test_interval=max(cfg.pretrain_steps // 5, 1),
         learner=LearnerConfig(cql=CqlConfig(alpha=cfg.alpha, num_samples=cfg.num_samples)))
-    pre = pretrain(pre_cfg, out / "pretrain", progress=progress)
+    pre = pretrain(pre_cfg, out / "pretrain", progress=progress, tensorboard=tensorboard)
     base = TrainConfig(steps=cfg.finetune_steps, num_seeds=cfg.num_seeds,
                        test_interval=cfg.test_interval,
                        finetune=FinetuneConfig(checkpoint=str(out / "pretrain")))
@@ -51,7 +52,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True) -> dict:
     offline_win = pre["final_test"]["median_win_rate"]
     rows = []
     for method in ("ovmse", cfg.baseline):
-        summary = train(finetune_config(method, base), out / method, progress=progress)
+        summary = train(finetune_config(method, base), out / method, progress=progress,
+                        tensorboard=tensorboard)
         records = read_jsonl(out / method / "metrics.jsonl")
         steps, wins = median_curve(records, "test_win_rate")
         rows.append(dict(method=method, offline_win_rate=offline_win,

@@ -58,34 +58,74 @@ def median_curve(records: list[dict], key: str,
                  x: str = "t_env") -> tuple[np.ndarray, np.ndarray]:
     """Median over seeds at each log point (log points are aligned by their `chunk` index; the
     step is the median of the seeds' `x` there)."""
+    points = _points_by_chunk(records, key, x)
+    steps = np.array([np.median([t for t, _ in pts]) for pts in points])
+    values = np.array([np.median([v for _, v in pts]) for pts in points])
+    return steps, values
+
+
+def seed_quantiles(records: list[dict], key: str, x: str = "t_env",
+                   quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Steps [K] and the seeds' quantiles of `key` at each log point [len(quantiles), K]
+    (aligned as median_curve; linear interpolation between seeds)."""
+    points = _points_by_chunk(records, key, x)
+    steps = np.array([np.median([t for t, _ in pts]) for pts in points])
+    values = np.array([np.quantile([v for _, v in pts], quantiles) for pts in points])
+    return steps, values.T.reshape(len(quantiles), len(points))
+
+
+def _points_by_chunk(records: list[dict], key: str, x: str) -> list[list[tuple[int, float]]]:
+    """[(x, value) of every seed] per log point that has `key`, in chunk order."""
     by_chunk: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for r in records:
         if r.get(key) is not None:
             by_chunk[r["chunk"]].append((r[x], r[key]))
-    chunks = sorted(by_chunk)
-    steps = np.array([np.median([t for t, _ in by_chunk[c]]) for c in chunks])
-    values = np.array([np.median([v for _, v in by_chunk[c]]) for c in chunks])
-    return steps, values
+    return [by_chunk[c] for c in sorted(by_chunk)]
+
+
+LEARNING_PANELS = (("test_win_rate", "test win rate"), ("test_return", "test return (SMAC scale)"),
+                   ("loss", "training loss"), ("cql", "CQL term"))
+"""Metric panels of a learning curve, drawn when the records hold a nonzero value of it (the
+win rate always)."""
+SCHEDULES = (("epsilon", "epsilon"), ("lam", "lam (OVM memory weight)"))
 
 
 def plot_learning_curve(records: list[dict], path: Path, title: str, x: str = "t_env",
                         x_label: str = "env steps",
                         references: dict[str, tuple[float, str]] | None = None) -> None:
-    """Test win rate and test return vs steps (`x`): each seed thin, the median bold;
-    `references` {metric key: (value, label)} draws a dashed horizontal line."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "test_win_rate", "test win rate"),
-                           (axes[1], "test_return", "test return (SMAC scale)")):
+    """The run's metrics vs steps (`x`), one panel each for those the records hold (not only
+    as zeros): test win rate, test return, training loss, the CQL term (each seed thin, the median bold, the
+    interquartile range over seeds shaded) and the schedules (epsilon, lam). `references`
+    {metric key: (value, label)} draws a dashed horizontal line."""
+    panels = [(k, label) for k, label in LEARNING_PANELS
+              if k == "test_win_rate" or any(r.get(k) for r in records)]
+    schedules = [(k, label) for k, label in SCHEDULES if any(k in r for r in records)]
+    count = max(len(panels) + bool(schedules), 1)
+    cols, rows = min(count, 3), -(-count // 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    axes = list(axes.flat)
+    for ax, (key, label) in zip(axes, panels):
         for seed, (steps, values) in sorted(curves_by_seed(records, key, x).items()):
             ax.plot(steps, values, lw=0.8, alpha=0.5, label=f"seed {seed}")
-        steps, values = median_curve(records, key, x)
-        ax.plot(steps, values, lw=2.2, color="black", label="median")
+        steps, (low, median, high) = seed_quantiles(records, key, x)
+        ax.fill_between(steps, low, high, color="black", alpha=0.12, lw=0,
+                        label="interquartile range")
+        ax.plot(steps, median, lw=2.2, color="black", label="median")
         if references and key in references:
-            value, label = references[key]
-            ax.axhline(value, ls="--", color="tab:red", lw=1.2, label=label)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(label)
+            value, ref_label = references[key]
+            ax.axhline(value, ls="--", color="tab:red", lw=1.2, label=ref_label)
+        ax.set(xlabel=x_label, ylabel=label)
         ax.grid(alpha=0.3)
+    if schedules:
+        ax = axes[len(panels)]
+        for key, label in schedules:
+            ax.plot(*median_curve(records, key, x), lw=1.8, label=label)
+        ax.set(xlabel=x_label, ylabel="schedule value", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[count:]:
+        ax.set_visible(False)
     axes[0].set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)

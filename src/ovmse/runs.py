@@ -2,13 +2,15 @@
 
 Layout of a run folder:
   config.json       the resolved config (the run is a function of it)
-  metrics.jsonl     one JSON object per log point and seed
+  metrics.jsonl     one JSON object per log point and seed, appended as the run goes
+  tensorboard/      the same scalars as TensorBoard event files, one folder per seed
   checkpoint.npz    the latest resumable state of every seed (see save_checkpoint)
   policies/         the networks of every seed at each test point (snapshots.py)
   summary.json      final results, written once the run has finished
   learning_curve.png
-Every file is written to a temporary name beside it and renamed into place, so a killed run leaves
-either the previous complete file or the new complete file, never half of one.
+Every file but the appended logs is written to a temporary name beside it and renamed into place,
+so a killed run leaves either the previous complete file or the new complete file, never half of
+one; a resumed run first cuts its logs back to its checkpoint (metrics_log.py).
 """
 
 from __future__ import annotations
@@ -95,15 +97,29 @@ def read_json(path: Path) -> Any:
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Replace `path` by these records, one JSON object per line (atomically)."""
     text = "".join(json_text(r, indent=None) + "\n" for r in records)
     _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    """Append these records to `path` in one write, flushed to disk. A write cut short leaves a
+    last line without its newline, which read_jsonl ignores."""
+    text = "".join(json_text(r, indent=None) + "\n" for r in records)
+    with open(path, "ab") as f:
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file ([] if it does not exist), without a last line that was cut
+    short (no newline: an append interrupted by a crash)."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def device_name() -> str:

@@ -20,11 +20,12 @@ from ovmse import compiler
 from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError, warn_user
 from ovmse.evaluation import TestStats
+from ovmse.metrics_log import MetricsLog
 from ovmse.plots import plot_learning_curve
 from ovmse.provenance import code_version
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
-                        read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
-                        save_checkpoint, write_json, write_jsonl)
+                        read_checkpoint_meta, read_json, removed_if_unfinished, save_checkpoint,
+                        write_json)
 from ovmse.snapshots import save_policy_snapshot
 from ovmse.train.health import check_finite
 from ovmse.train.keys import FINAL_TEST_INDEX
@@ -83,7 +84,7 @@ def _checkpoint_meta(cfg: TrainConfig, chunk: int, wall_s: float) -> dict:
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-          stop_after_chunks: int | None = None) -> dict | None:
+          stop_after_chunks: int | None = None, tensorboard: bool = True) -> dict | None:
     """Train (or resume) online QMIX into `run_dir`; returns the summary dict.
 
     `stop_after_chunks` pauses the run after that many chunks (test intervals) in total, with a
@@ -92,7 +93,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     The inputs (pre-trained checkpoint, offline data) are loaded before the folder is made, and
     a run that fails before its first checkpoint leaves no folder behind. Paths are stored
     resolved, so the run folder works from any directory. UserError when a seed's loss or
-    networks become non-finite (the last good checkpoint is kept).
+    networks become non-finite (the last good checkpoint is kept). Metrics go to
+    metrics.jsonl and, if `tensorboard`, to event files under tensorboard/ (metrics_log.py).
     """
     run_dir = Path(run_dir)
     if resume:
@@ -107,12 +109,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         write_json(run_dir / "config.json", to_dict(cfg))
     with removed_if_unfinished(run_dir):
         return _train_loop(cfg, trainer, pretrained, data, run_dir, from_checkpoint, progress,
-                           stop_after_chunks)
+                           stop_after_chunks, tensorboard)
 
 
 def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_dir: Path,
-                from_checkpoint: bool, progress: bool,
-                stop_after_chunks: int | None) -> dict | None:
+                from_checkpoint: bool, progress: bool, stop_after_chunks: int | None,
+                tensorboard: bool) -> dict | None:
     ckpt_path = run_dir / CHECKPOINT_FILE
     ends = chunk_ends(cfg)
     if from_checkpoint:
@@ -122,18 +124,26 @@ def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_
             template = trainer.init_pretrained_shapes(trainer.seed_keys(), pretrained)
         states, meta = load_checkpoint(ckpt_path, template)
         start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
-        records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["chunk"] <= start_chunk]
+        log = MetricsLog(run_dir, "t_env", start_chunk, tensorboard)
     else:
         states = (trainer.init(trainer.seed_keys()) if pretrained is None
                   else trainer.init_pretrained(trainer.seed_keys(), pretrained))
         test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
         start_chunk, wall_offset = 0, 0.0
-        records = _records(0, states, None, test, trainer, 0.0)
-        _save_snapshot(run_dir, 0, states, records, cfg)
+        log = MetricsLog(run_dir, "t_env", None, tensorboard)
+        log.extend(_records(0, states, None, test, trainer, 0.0))
+        _save_snapshot(run_dir, 0, states, log.records, cfg)
         warn_if_few_updates(cfg, trainer.offline_share(),
-                            float(np.mean([r["test_ep_length"] for r in records])))
-    write_jsonl(run_dir / "metrics.jsonl", records)
+                            float(np.mean([r["test_ep_length"] for r in log.records])))
+    with log:
+        return _train_chunks(cfg, trainer, states, data, run_dir, ends, start_chunk,
+                             wall_offset, log, progress, stop_after_chunks)
 
+
+def _train_chunks(cfg: TrainConfig, trainer: OnlineTrainer, states, data, run_dir: Path,
+                  ends: list[int], start_chunk: int, wall_offset: float, log: MetricsLog,
+                  progress: bool, stop_after_chunks: int | None) -> dict | None:
+    ckpt_path = run_dir / CHECKPOINT_FILE
     if stop_after_chunks is not None and start_chunk >= stop_after_chunks:
         save_checkpoint(ckpt_path, states, _checkpoint_meta(cfg, start_chunk, wall_offset))
         return None
@@ -151,8 +161,7 @@ def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_
         test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
         wall_s = wall_offset + time.perf_counter() - start
         new = _records(chunk, states, stats, test, trainer, wall_s)
-        records += new
-        write_jsonl(run_dir / "metrics.jsonl", records)
+        log.extend(new)
         _save_snapshot(run_dir, chunk, states, new, cfg)
         pausing = chunk == stop_after_chunks
         if until - last_saved_step >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
@@ -166,6 +175,7 @@ def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_
             return None
     bar.close()
     wall_s = wall_offset + time.perf_counter() - start
+    records = log.records
 
     final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
                                             cfg.final_test_episodes))

@@ -28,11 +28,12 @@ from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.learner import LearnerState, init_learner, make_networks
+from ovmse.metrics_log import MetricsLog
 from ovmse.plots import plot_learning_curve
 from ovmse.provenance import code_version
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
-                        read_checkpoint_meta, read_json, read_jsonl, removed_if_unfinished,
-                        save_checkpoint, write_json, write_jsonl)
+                        read_checkpoint_meta, read_json, removed_if_unfinished, save_checkpoint,
+                        write_json)
 from ovmse.train.health import check_finite, nonfinite_part
 from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
@@ -85,7 +86,7 @@ def _checkpoint_meta(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, chu
 
 
 def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-             stop_after_chunks: int | None = None) -> dict | None:
+             stop_after_chunks: int | None = None, tensorboard: bool = True) -> dict | None:
     """Pre-train (or resume) offline into `run_dir`; returns the summary dict, or None when
     paused by `stop_after_chunks` (a checkpoint is written; resume=True continues exactly).
     Resuming a folder with no checkpoint yet starts the run again from its config.json. The
@@ -109,61 +110,62 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress:
         write_json(run_dir / "config.json", to_dict(cfg))
     with removed_if_unfinished(run_dir):
         return _pretrain_loop(cfg, trainer, jax.device_put(data), dataset_meta, spec, run_dir,
-                              ckpt_meta is not None, progress, stop_after_chunks)
+                              ckpt_meta is not None, progress, stop_after_chunks, tensorboard)
 
 
 def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_meta: dict,
                    spec: EnvSpec, run_dir: Path, from_checkpoint: bool, progress: bool,
-                   stop_after_chunks: int | None) -> dict | None:
+                   stop_after_chunks: int | None, tensorboard: bool) -> dict | None:
     ckpt_path = run_dir / CHECKPOINT_FILE
     ends = chunk_ends(cfg)
     if from_checkpoint:
         template = jax.eval_shape(trainer.init, trainer.seed_keys())
         states, meta = load_checkpoint(ckpt_path, template)
         start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
-        records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["chunk"] <= start_chunk]
+        log = MetricsLog(run_dir, "updates", start_chunk, tensorboard)
     else:
         states = trainer.init(trainer.seed_keys())
         test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
         start_chunk, wall_offset = 0, 0.0
-        records = _records(0, states, None, test, cfg, 0.0)
-    write_jsonl(run_dir / "metrics.jsonl", records)
+        log = MetricsLog(run_dir, "updates", None, tensorboard)
+        log.extend(_records(0, states, None, test, cfg, 0.0))
 
     def checkpoint(chunk, wall_s):
         save_checkpoint(ckpt_path, states,
                         _checkpoint_meta(cfg, spec, dataset_meta, chunk, wall_s))
 
-    if stop_after_chunks is not None and start_chunk >= stop_after_chunks:
-        checkpoint(start_chunk, wall_offset)
-        return None
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=ends[start_chunk - 1] if start_chunk else 0,
-               unit="update", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               desc=f"{spec.map_name} {cfg.algo} x{cfg.num_seeds}")
-    last_saved = ends[start_chunk - 1] if start_chunk else 0
-    for chunk in range(start_chunk + 1, len(ends) + 1):
-        until = ends[chunk - 1]
-        states, stats = trainer.run_chunk(states, data, jnp.int32(until))
-        check_finite(states.learner, stats.update_metrics, cfg.seed,
-                     f"gradient steps {ends[chunk - 2] if chunk > 1 else 0}-{until}", run_dir,
-                     f"gradient step {last_saved}" if ckpt_path.exists() else None)
-        test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
-        wall_s = wall_offset + time.perf_counter() - start
-        new = _records(chunk, states, stats, test, cfg, wall_s)
-        records += new
-        write_jsonl(run_dir / "metrics.jsonl", records)
-        pausing = chunk == stop_after_chunks
-        if until - last_saved >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
-            checkpoint(chunk, wall_s)
-            last_saved = until
-        bar.update(until - bar.n)
-        bar.set_postfix(win=f"{np.mean([r['test_win_rate'] for r in new]):.2f}",
-                        cql=f"{np.mean([r.get('cql', 0.0) for r in new]):.2f}")
-        if pausing:
-            bar.close()
+    with log:
+        if stop_after_chunks is not None and start_chunk >= stop_after_chunks:
+            checkpoint(start_chunk, wall_offset)
             return None
+        start = time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=ends[start_chunk - 1] if start_chunk else 0,
+                   unit="update", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                   desc=f"{spec.map_name} {cfg.algo} x{cfg.num_seeds}")
+        last_saved = ends[start_chunk - 1] if start_chunk else 0
+        for chunk in range(start_chunk + 1, len(ends) + 1):
+            until = ends[chunk - 1]
+            states, stats = trainer.run_chunk(states, data, jnp.int32(until))
+            check_finite(states.learner, stats.update_metrics, cfg.seed,
+                         f"gradient steps {ends[chunk - 2] if chunk > 1 else 0}-{until}",
+                         run_dir, f"gradient step {last_saved}" if ckpt_path.exists() else None)
+            test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
+            wall_s = wall_offset + time.perf_counter() - start
+            new = _records(chunk, states, stats, test, cfg, wall_s)
+            log.extend(new)
+            pausing = chunk == stop_after_chunks
+            if until - last_saved >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
+                checkpoint(chunk, wall_s)
+                last_saved = until
+            bar.update(until - bar.n)
+            bar.set_postfix(win=f"{np.mean([r['test_win_rate'] for r in new]):.2f}",
+                            cql=f"{np.mean([r.get('cql', 0.0) for r in new]):.2f}")
+            if pausing:
+                bar.close()
+                return None
     bar.close()
     wall_s = wall_offset + time.perf_counter() - start
+    records = log.records
 
     final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
                                             cfg.final_test_episodes))
