@@ -19,9 +19,9 @@ def test_version_is_the_installed_distributions(capsys):
 
 
 @pytest.mark.parametrize("group, says, commands", [
-    ("dataset", "Make, inspect, verify and mix offline datasets",
-     ("build", "collect", "info", "verify", "mix")),
-    ("experiment", "Run the paper's experiments", ("run", "report")),
+    ("dataset", "Make, inspect, verify, mix, export and import offline datasets",
+     ("build", "collect", "info", "verify", "mix", "export", "import")),
+    ("experiment", "Run the paper's experiments", ("run", "report", "export")),
 ])
 def test_a_group_help_says_what_the_group_does_and_lists_its_commands(group, says, commands,
                                                                        capsys):

@@ -50,7 +50,7 @@ def test_write_then_read_gives_identical_arrays(episodes, dataset):
 
 
 def test_vault_holds_og_marl_field_names(dataset):
-    rows = store._read_vault(dataset, "random")
+    rows = store.read_vault(dataset / store.VAULT_DIR, "random")
     assert {"observations", "actions", "rewards", "terminals", "truncations", "infos.legals",
             "infos.state"} <= set(rows)
 

@@ -5,8 +5,8 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
     ovmse pretrain ...               offline MACQL / MACal-QL on a dataset (train/pretrain.py)
     ovmse finetune ...               online fine-tuning: OVMSE and the baselines (methods.py)
     ovmse run ...                    the whole pipeline at small scale (pipeline.py)
-    ovmse dataset build|collect|info|verify|mix ...   offline datasets (datasets/)
-    ovmse experiment run|report SPEC ...              the study (study/; results in experiments/)
+    ovmse dataset build|collect|info|verify|mix|export|import ...   offline datasets (datasets/)
+    ovmse experiment run|report|export SPEC ...       the study (study/; results in experiments/)
 """
 
 from __future__ import annotations
@@ -359,8 +359,65 @@ def run_dataset_mix(cmd: DatasetMix) -> int:
 
 
 @dataclass(frozen=True)
+class DatasetExport:
+    """Write a dataset in another tool's layout: og-marl, a flashbax Vault with OG-MARL's keys and
+    one row per transition (docs/datasets.md says what is lost)."""
+
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")]
+    """Dataset folder, or a map/quality name (3m/medium: the shipped one; datasets-build/...)."""
+    out: Path
+    """Vault folder to write into (e.g. vaults/smax/3m.vlt); the dataset's quality is its uid."""
+    format: Literal["og-marl"] = "og-marl"
+    """og-marl: OG-MARL's Vault layout (observations, actions, rewards, terminals, truncations,
+    infos.legals, infos.state; no final-observation rows)."""
+
+
+def run_dataset_export(cmd: DatasetExport) -> int:
+    from ovmse.datasets.ogmarl import export_og_marl
+
+    done = export_og_marl(Path(locate_dataset(cmd.path)), cmd.out)
+    print(f"{cmd.out}/{done['uid']}: {done['episodes']} episodes, {done['rows']} transitions "
+          f"(OG-MARL layout)")
+    return 0
+
+
+@dataclass(frozen=True)
+class DatasetImport:
+    """Read a Vault in OG-MARL's layout into an ovmse dataset of a SMAX map (episodes split at
+    terminals or truncations; sizes checked against the map)."""
+
+    vault: tyro.conf.Positional[Path]
+    """Vault folder (the one holding the uid folders, e.g. vaults/smax/3m.vlt)."""
+    map: str
+    """SMAX map the data was collected on; its sizes must match the Vault's."""
+    out: Path | None = None
+    """Dataset folder to write (default: datasets-build/<map>/<quality>)."""
+    uid: str | None = None
+    """Which uid of the Vault to read (default: its only one)."""
+    quality: str | None = None
+    """Quality recorded in the dataset (default: the uid, lower case)."""
+    overwrite: bool = False
+    """Replace an existing dataset at --out."""
+
+
+def run_dataset_import(cmd: DatasetImport) -> int:
+    from ovmse.datasets.ogmarl import import_og_marl
+    from ovmse.envs import make_env
+
+    spec = make_env(cmd.map).spec
+    quality = cmd.quality or (cmd.uid or "").lower() or None
+    out = cmd.out or BUILD_ROOT / cmd.map / (quality or "imported")
+    meta, left_out = import_og_marl(cmd.vault, spec, out, uid=cmd.uid, quality=quality,
+                                    overwrite=cmd.overwrite)
+    print(f"{out}: {meta['episodes']} episodes, {meta['transitions']} transitions, win rate "
+          f"{meta['win_rate']:.3f}" + (f"; {left_out} rows of an unfinished last episode left "
+                                       f"out" if left_out else ""))
+    return 0
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """Make, inspect, verify and mix offline datasets (`ovmse dataset --help`)."""
+    """Make, inspect, verify, mix, export and import offline datasets (`ovmse dataset --help`)."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +521,47 @@ def run_experiment_report(cmd: ExperimentReport) -> int:
 
 
 @dataclass(frozen=True)
+class ExperimentExport:
+    """Write an experiment's stored results in another tool's layout: marl-eval's JSON (per-seed
+    test win rate and return at every test point, absolute metrics from the final test)."""
+
+    spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
+    """Spec name (as for `ovmse experiment run`) or path."""
+    scale: str = "cpu"
+    """Which scale's cells to export."""
+    format: Literal["marl-eval"] = "marl-eval"
+    """marl-eval: instadeepai/marl-eval's raw-data JSON (docs/results.md shows how to read it)."""
+    out: Path | None = None
+    """File to write (default: <spec>-<scale>.marl-eval.json in the current folder)."""
+    results: Path = Path("experiments/results")
+    """Result cache written by `ovmse experiment run`."""
+    algorithms: tuple[str, ...] = ()
+    """Export only these algorithms (report labels, e.g. ovmse "switch-cql"; default: all), for
+    example to give marl-eval the same algorithms on every task."""
+
+
+def run_experiment_export(cmd: ExperimentExport) -> int:
+    from ovmse.runs import write_json
+    from ovmse.study.export import marl_eval_data, ragged
+    from ovmse.study.spec import load_spec
+    from ovmse.study.store import ResultStore
+
+    spec = load_spec(cmd.spec)
+    data = marl_eval_data(spec, cmd.scale, ResultStore(cmd.results), cmd.algorithms)
+    if not any(data.values()):
+        raise UserError(f"no stored results of {spec.name} ({cmd.scale}) in {cmd.results}"
+                        + (f" for algorithms {', '.join(cmd.algorithms)}" if cmd.algorithms
+                           else "") + "; run `ovmse experiment run` first")
+    out = cmd.out or Path(f"{spec.name}-{cmd.scale}.marl-eval.json")
+    write_json(out, data)
+    runs = sum(len(r) for tasks in data.values() for algos in tasks.values() for r in algos.values())
+    print(f"wrote {out}: {sum(map(len, data.values()))} tasks, {runs} runs")
+    for problem in ragged(data):
+        print(f"note: marl-eval aggregates only rectangular data: {problem}")
+    return 0
+
+
+@dataclass(frozen=True)
 class Experiment:
     """Run the paper's experiments as cached cells and report them (`ovmse experiment --help`)."""
 
@@ -477,16 +575,19 @@ GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
                 "collect": (DatasetCollect, run_dataset_collect),
                 "info": (DatasetInfo, run_dataset_info),
                 "verify": (DatasetVerify, run_dataset_verify),
-                "mix": (DatasetMix, run_dataset_mix)},
+                "mix": (DatasetMix, run_dataset_mix),
+                "export": (DatasetExport, run_dataset_export),
+                "import": (DatasetImport, run_dataset_import)},
     "experiment": {"run": (ExperimentRun, run_experiment),
-                   "report": (ExperimentReport, run_experiment_report)},
+                   "report": (ExperimentReport, run_experiment_report),
+                   "export": (ExperimentExport, run_experiment_export)},
 }
 
 
 DESCRIPTIONS = {
     "": "Offline-to-online MARL (OVMSE) on SMAX. `ovmse --version` prints the version.",
-    "dataset": "Make, inspect, verify and mix offline datasets of SMAX episodes "
-               "(docs/datasets.md). `ovmse dataset COMMAND --help` gives each one's options.",
+    "dataset": "Make, inspect, verify, mix, export and import offline datasets of SMAX "
+               "episodes (docs/datasets.md). `ovmse dataset COMMAND --help` gives each one's options.",
     "experiment": "Run the paper's experiments (specs shipped in ovmse/study/specs/) as cached "
                   "cells in experiments/results/, and report them (docs/results.md). `ovmse experiment COMMAND --help` gives each "
                   "one's options.",

@@ -89,30 +89,34 @@ def _quiet():
         yield
 
 
-def _write_vault(folder: Path, uid: str, rows: dict[str, np.ndarray]) -> None:
+def write_vault(vault: Path, uid: str, rows: dict[str, np.ndarray],
+                metadata: dict | None = None) -> None:
+    """Store rows {"a.b": [R, ...]} as the Vault `vault`/<uid> (flashbax: vault name vault.name
+    under vault.parent, leading axes [1, R]), with `metadata` in its metadata.json."""
     import jax.numpy as jnp
     from flashbax.buffers.trajectory_buffer import TrajectoryBufferState
     from flashbax.vault import Vault
 
     experience = _vault_tree(rows)
-    num_rows = len(rows["infos.filled"])
+    num_rows = len(next(iter(rows.values())))
     state = TrajectoryBufferState(experience=experience, current_index=jnp.int32(num_rows),
                                   is_full=jnp.bool_(False))
     with _quiet():
-        vault = Vault(VAULT_DIR, experience_structure=experience, rel_dir=str(folder),
-                      vault_uid=uid)
+        vault = Vault(Path(vault).name, experience_structure=experience,
+                      rel_dir=str(Path(vault).parent), vault_uid=uid, metadata=metadata)
         written = vault.write(state, source_interval=(0, num_rows), dest_start=0)
     if written != num_rows:
         raise RuntimeError(f"the vault stored {written} of {num_rows} rows")
 
 
-def _read_vault(folder: Path, uid: str) -> dict[str, np.ndarray]:
+def read_vault(vault: Path, uid: str) -> dict[str, np.ndarray]:
+    """The rows {"a.b": [R, ...]} of the Vault `vault`/<uid>, read on the CPU."""
     import jax
     from flashbax.vault import Vault
 
     with _quiet(), jax.default_device(jax.devices("cpu")[0]):
-        vault = Vault(VAULT_DIR, rel_dir=str(folder), vault_uid=uid)
-        experience = vault.read().experience
+        experience = Vault(Path(vault).name, rel_dir=str(Path(vault).parent),
+                           vault_uid=uid).read().experience
     return _flat_rows(experience)
 
 
@@ -160,7 +164,7 @@ def write_dataset(path: Path, episodes: EpisodeBatch, spec: EnvSpec, quality: st
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         os.chmod(staging, 0o777 & ~current_umask())  # not mkdtemp's owner-only 0700
-        _write_vault(staging, quality, rows)
+        write_vault(staging / VAULT_DIR, quality, rows)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
         meta["manifest"] = _manifest(staging)
@@ -295,7 +299,7 @@ def read_rows(path: Path, meta: dict) -> dict[str, np.ndarray]:
     """Decode the stored rows and check each array's checksum."""
     path = Path(path)
     try:
-        rows = _read_vault(path, meta["quality"])
+        rows = read_vault(path / VAULT_DIR, meta["quality"])
     except (ValueError, OSError, KeyError) as e:
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"dataset {path} cannot be decoded: {first_line}") from None

@@ -112,7 +112,7 @@ def seed_curves(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, values
 
 
-def _by_task(plan, results) -> dict[str, dict[str, dict]]:
+def by_task(plan, results) -> dict[str, dict[str, dict]]:
     """{task: {method label: result}} for the stored fine-tuning results of the plan."""
     out: dict[str, dict[str, dict]] = {t: {} for t in dict.fromkeys(c.task for c in
                                                                        plan.finetune)}
@@ -154,12 +154,12 @@ def _iqm_ci(scores) -> str:
 def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
     # columns are methods: a task's cell of a method is its cell without offline mixing, at
     # the default starting epsilon, whether or not it keeps CQL online
-    by_task = {task: {r["method"]: r for label, r in runs.items()
+    columns = {task: {r["method"]: r for label, r in runs.items()
                       if label.removesuffix(" + CQL online") == r["method"]}
-               for task, runs in _by_task(plan, results).items()}
+               for task, runs in by_task(plan, results).items()}
     methods = list(scale.methods)
     median_rows, iqm_rows = [], []
-    for task, runs in by_task.items():
+    for task, runs in columns.items():
         offline = _fmt(_offline_win(plan, results, task))
         median_rows.append([task, offline] + [
             _fmt(runs[m]["final_test"]["median_win_rate"]) if m in runs else "-"
@@ -168,8 +168,8 @@ def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
                                   else "-" for m in methods])
     aggregate = ["all tasks"]
     for m in methods:
-        if all(m in runs for runs in by_task.values()):
-            scores = np.array([runs[m]["final_test"]["win_rate"] for runs in by_task.values()]).T
+        if all(m in runs for runs in columns.values()):
+            scores = np.array([runs[m]["final_test"]["win_rate"] for runs in columns.values()]).T
             aggregate.append(_iqm_ci(scores))
         else:
             aggregate.append("-")
@@ -184,7 +184,7 @@ def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
 
 def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
     lines = []
-    for task, runs in _by_task(plan, results).items():
+    for task, runs in by_task(plan, results).items():
         if not runs:
             continue
         offline = _offline_win(plan, results, task)
@@ -225,7 +225,7 @@ def _steps(step: float | None) -> str:
 
 def _probe_section(plan, results, scale, out_dir, stem) -> list[str]:
     lines = []
-    for task, runs in _by_task(plan, results).items():
+    for task, runs in by_task(plan, results).items():
         probe_lines, rows = {}, []
         for label, result in runs.items():
             if result["method"] == "qmix":
