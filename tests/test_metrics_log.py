@@ -5,7 +5,8 @@ curve draws every logged metric with its spread over seeds."""
 import pytest
 
 from conftest import read_tensorboard
-from ovmse.metrics_log import MetricsLog, scalar_tag
+from ovmse.errors import UserError
+from ovmse.metrics_log import LogSettings, MetricsLog, scalar_tag
 from ovmse.plots import plot_learning_curve, seed_quantiles
 from ovmse.runs import read_jsonl
 
@@ -54,7 +55,7 @@ def test_resume_cuts_the_log_back_to_the_checkpoint_and_tensorboard_purges_the_r
 
 
 def test_without_tensorboard_only_the_jsonl_is_written(tmp_path):
-    with MetricsLog(tmp_path, "updates", tensorboard=False) as log:
+    with MetricsLog(tmp_path, "updates", settings=LogSettings(tensorboard=False)) as log:
         log.extend([dict(seed=0, chunk=0, updates=0, test_win_rate=0.5)])
     assert not (tmp_path / "tensorboard").exists()
     assert read_jsonl(tmp_path / "metrics.jsonl") == log.records
@@ -80,3 +81,29 @@ def test_the_learning_curve_has_a_panel_per_logged_metric(tmp_path, extra, shape
                     **extra) for c in range(3) for s in range(2)]
     plot_learning_curve(records, tmp_path / "curve.png", "title")
     assert imread(tmp_path / "curve.png").shape[:2] == shape
+
+
+def test_wandb_offline_logs_each_seed_against_its_own_step(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    settings = LogSettings(tensorboard=False, wandb_project="ovmse-test")
+    with MetricsLog(tmp_path, "t_env", settings=settings, config={"steps": 300}) as log:
+        run = log._wandb
+        for chunk in range(3):
+            log.extend(_records(chunk))
+        assert run.config["steps"] == 300
+        assert run.summary["seed_1/test/win_rate"] == pytest.approx(1.2)
+        assert run.summary["seed_1/t_env"] == 201
+    (stored,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    assert stored.stat().st_size > 0
+
+
+def test_wandb_without_the_package_says_how_to_install_it(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (
+        (_ for _ in ()).throw(ImportError(name)) if name == "wandb" else real_import(name, *a, **k)))
+    with pytest.raises(UserError, match=r"pip install 'ovmse\[wandb\]'"):
+        MetricsLog(tmp_path, "t_env", settings=LogSettings(wandb_project="p"))

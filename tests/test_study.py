@@ -357,6 +357,14 @@ def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
     # step 0 is the pre-trained policy's, so 0.4 is first reached after the start at 400
     assert "| ovmse | 0.700 | 0.700 [0.600, 0.800] | 0.500 | 400 | 400 |" in text
     assert (tmp_path / "out" / "toy-cpu-3m-medium.png").stat().st_size > 10_000
+    assert "shaded: the interquartile range over seeds" in text
+
+
+def test_the_spread_band_is_the_interquartile_range_over_seeds():
+    from ovmse.study.report import _iqr
+
+    low, high = _iqr(np.array([[1.0, 0.0], [2.0, 4.0], [4.0, 8.0]]))   # 3 seeds x 2 points
+    assert low.tolist() == [1.5, 2.0] and high.tolist() == [3.0, 6.0]
 
 
 def test_cql_online_cells_are_labelled_and_still_fill_their_method_column(tmp_path):

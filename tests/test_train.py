@@ -109,6 +109,20 @@ def test_cli_trains_and_prints_a_table(tmp_path, capsys):
     assert (out / "summary.json").is_file() and not (out / "tensorboard").exists()
 
 
+def test_a_new_run_starts_from_a_saved_config_with_overrides(reference_run, tmp_path, capsys):
+    run_dir, _ = reference_run
+    out = tmp_path / "again"
+    assert main(["train", "--config", str(run_dir / "config.json"), "--steps", "400",
+                 "--no-tensorboard", "--no-progress", "--out", str(out)]) == 0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert json.loads((out / "config.json").read_text()) == {**saved, "steps": 400}
+    assert main(["train", "--config", str(tmp_path / "none.json")]) == 2
+    assert "none.json not found" in capsys.readouterr().err
+    assert main(["train", "--config", str(run_dir / "config.json"), "--resume",
+                 str(run_dir)]) == 2
+    assert "no --config" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--map", "4m"], "unknown map '4m'"),
     (["--steps", "0"], "steps must be > 0"),

@@ -39,11 +39,18 @@ class Train:
     resume: Path | None = None
     """Continue the run in this folder from its last checkpoint, with its own config.json
     (give no other options)."""
+    config_file: Annotated[Path | None, tyro.conf.arg(name="config",
+                                                      metavar="RUN/config.json")] = None
+    """Start a new run from this saved config (a run folder's config.json); the other options
+    given override it."""
     progress: bool = True
     """Show a progress bar with the live test win rate."""
     tensorboard: bool = True
     """Also write the metrics as TensorBoard event files, one folder per seed under
     RUN/tensorboard/ (`tensorboard --logdir RUN`); metrics.jsonl is written either way."""
+    wandb: str | None = None
+    """Also log to this Weights & Biases project (pip install 'ovmse[wandb]'; WANDB_MODE=offline
+    logs without an account, into RUN/wandb/ for a later `wandb sync`)."""
 
 
 def run_train(cmd: Train) -> int:
@@ -51,15 +58,15 @@ def run_train(cmd: Train) -> int:
     from ovmse.train.driver import format_table, train
 
     if cmd.resume is not None:
-        if cmd.config != TrainConfig() or cmd.out is not None:
+        if cmd.config != TrainConfig() or cmd.out is not None or cmd.config_file is not None:
             raise UserError("--resume continues a run with the config saved in its folder; "
-                            "give no other training options and no --out")
+                            "give no other training options, no --config and no --out")
         run_dir, resume = cmd.resume, True
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir, resume = cmd.out or Path("runs") / f"{cmd.config.env.map}-qmix-{stamp}", False
     summary = train(cmd.config, run_dir, resume=resume, progress=cmd.progress,
-                    tensorboard=cmd.tensorboard)
+                    log=log_settings(cmd))
     print(format_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
@@ -78,11 +85,18 @@ class Pretrain:
     resume: Path | None = None
     """Continue the run in this folder from its last checkpoint, with its own config.json
     (give no other options)."""
+    config_file: Annotated[Path | None, tyro.conf.arg(name="config",
+                                                      metavar="RUN/config.json")] = None
+    """Start a new run from this saved config (a run folder's config.json); the other options
+    given override it."""
     progress: bool = True
     """Show a progress bar with the live test win rate."""
     tensorboard: bool = True
     """Also write the metrics as TensorBoard event files, one folder per seed under
     RUN/tensorboard/ (`tensorboard --logdir RUN`); metrics.jsonl is written either way."""
+    wandb: str | None = None
+    """Also log to this Weights & Biases project (pip install 'ovmse[wandb]'; WANDB_MODE=offline
+    logs without an account, into RUN/wandb/ for a later `wandb sync`)."""
 
 
 def run_pretrain(cmd: Pretrain) -> int:
@@ -90,7 +104,7 @@ def run_pretrain(cmd: Pretrain) -> int:
     from ovmse.train.pretrain import format_pretrain_table, pretrain
 
     if cmd.resume is not None:
-        if cmd.config != PretrainConfig() or cmd.out is not None:
+        if cmd.config != PretrainConfig() or cmd.out is not None or cmd.config_file is not None:
             raise UserError("--resume continues a run with the config saved in its folder; "
                             "give no other options and no --out")
         run_dir, resume = cmd.resume, True
@@ -100,7 +114,7 @@ def run_pretrain(cmd: Pretrain) -> int:
         run_dir = cmd.out or Path("runs") / f"{name}-{cmd.config.algo}-{stamp}"
         resume = False
     summary = pretrain(cmd.config, run_dir, resume=resume, progress=cmd.progress,
-                       tensorboard=cmd.tensorboard)
+                       log=log_settings(cmd))
     print(format_pretrain_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
@@ -129,6 +143,9 @@ class Finetune:
     tensorboard: bool = True
     """Also write the metrics as TensorBoard event files, one folder per seed under
     RUN/tensorboard/ (`tensorboard --logdir RUN`); metrics.jsonl is written either way."""
+    wandb: str | None = None
+    """Also log to this Weights & Biases project (pip install 'ovmse[wandb]'; WANDB_MODE=offline
+    logs without an account, into RUN/wandb/ for a later `wandb sync`)."""
 
 
 def run_finetune(cmd: Finetune) -> int:
@@ -147,7 +164,7 @@ def run_finetune(cmd: Finetune) -> int:
         run_dir = cmd.out or Path("runs") / f"{cfg.env.map}-{cmd.algo}-{stamp}"
         resume = False
     summary = train(cfg, run_dir, resume=resume, progress=cmd.progress,
-                    tensorboard=cmd.tensorboard)
+                    log=log_settings(cmd))
     print(format_table(read_jsonl(Path(run_dir) / "metrics.jsonl"), summary))
     print(f"run folder: {run_dir}")
     return 0
@@ -168,13 +185,16 @@ class Run:
     tensorboard: bool = True
     """Also write the metrics as TensorBoard event files, one folder per seed under
     each phase's tensorboard/ (`tensorboard --logdir OUT`); metrics.jsonl is written either way."""
+    wandb: str | None = None
+    """Also log to this Weights & Biases project (pip install 'ovmse[wandb]'; WANDB_MODE=offline
+    logs without an account, into RUN/wandb/ for a later `wandb sync`)."""
 
 
 def run_main_job(cmd: Run) -> int:
     from ovmse.pipeline import format_results, run_pipeline
 
     out = cmd.out or Path("runs") / f"main-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_pipeline(cmd.config, out, progress=cmd.progress, tensorboard=cmd.tensorboard)
+    result = run_pipeline(cmd.config, out, progress=cmd.progress, log=log_settings(cmd))
     print(format_results(result))
     print(f"figure: {out / 'offline_to_online.png'}")
     print(f"run folders: {out}")
@@ -595,6 +615,32 @@ DESCRIPTIONS = {
 """The help text above each command group's list of commands."""
 
 
+def log_settings(cmd):
+    """Where a command's metrics go besides metrics.jsonl (its --tensorboard and --wandb)."""
+    from ovmse.metrics_log import LogSettings
+
+    return LogSettings(tensorboard=cmd.tensorboard, wandb_project=cmd.wandb)
+
+
+SAVED_CONFIG = {"train": TrainConfig, "pretrain": PretrainConfig}
+"""Commands that start a new run from a saved config.json (--config)."""
+
+
+def _with_saved_config(argv: list[str]):
+    """Parse `ovmse train|pretrain --config RUN/config.json ...`: the saved config is the
+    default, the other options override it."""
+    from ovmse.config import from_dict
+    from ovmse.runs import read_json
+
+    name, at = argv[0], argv.index("--config")
+    if at + 1 >= len(argv):
+        raise UserError("--config needs a file: a run folder's config.json")
+    saved = from_dict(SAVED_CONFIG[name], read_json(Path(argv[at + 1])))
+    cls = GROUPS[""][name][0]
+    return tyro.cli(cls, default=cls(config=saved), args=argv[1:], prog=f"ovmse {name}",
+                    description=cls.__doc__, config=(tyro.conf.OmitArgPrefixes,))
+
+
 def main(argv: list[str] | None = None) -> int:
     from ovmse import compilation_cache
 
@@ -608,11 +654,14 @@ def main(argv: list[str] | None = None) -> int:
     group = argv.pop(0) if argv and argv[0] in GROUPS and argv[0] else ""
     commands = GROUPS[group]
     try:
-        cmd = tyro.extras.subcommand_cli_from_dict(
-            {name: cls for name, (cls, _) in commands.items()}, args=argv,
-            prog=f"ovmse {group}".strip(),
-            description=DESCRIPTIONS[group],
-            config=(tyro.conf.OmitArgPrefixes,))
+        if not group and argv and argv[0] in SAVED_CONFIG and "--config" in argv:
+            cmd = _with_saved_config(argv)
+        else:
+            cmd = tyro.extras.subcommand_cli_from_dict(
+                {name: cls for name, (cls, _) in commands.items()}, args=argv,
+                prog=f"ovmse {group}".strip(),
+                description=DESCRIPTIONS[group],
+                config=(tyro.conf.OmitArgPrefixes,))
         handler = next(run for cls, run in commands.values() if type(cmd) is cls)
         code = handler(cmd)
         sys.stdout.flush()  # a closed pipe shows here, not at exit

@@ -19,6 +19,7 @@ from pathlib import Path
 from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, PipelineConfig,
                           PretrainConfig, TrainConfig)
 from ovmse.methods import finetune_config
+from ovmse.metrics_log import LogSettings
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl, write_json
 from ovmse.stats import steps_to_threshold, transition_drop
@@ -27,7 +28,7 @@ from ovmse.train.pretrain import pretrain
 
 
 def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
-                 tensorboard: bool = True) -> dict:
+                 log: LogSettings = LogSettings()) -> dict:
     """Run every phase into `out` (pretrain/, ovmse/, <baseline>/) and return the results
     table as a dict (also written to out/results.json)."""
     from ovmse.errors import UserError
@@ -41,7 +42,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
         dataset=cfg.dataset, steps=cfg.pretrain_steps, num_seeds=cfg.num_seeds,
         test_interval=max(cfg.pretrain_steps // 5, 1),
         learner=LearnerConfig(cql=CqlConfig(alpha=cfg.alpha, num_samples=cfg.num_samples)))
-    pre = pretrain(pre_cfg, out / "pretrain", progress=progress, tensorboard=tensorboard)
+    pre = pretrain(pre_cfg, out / "pretrain", progress=progress, log=log)
     base = TrainConfig(steps=cfg.finetune_steps, num_seeds=cfg.num_seeds,
                        test_interval=cfg.test_interval,
                        finetune=FinetuneConfig(checkpoint=str(out / "pretrain")))
@@ -53,7 +54,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
     rows = []
     for method in ("ovmse", cfg.baseline):
         summary = train(finetune_config(method, base), out / method, progress=progress,
-                        tensorboard=tensorboard)
+                        log=log)
         records = read_jsonl(out / method / "metrics.jsonl")
         steps, wins = median_curve(records, "test_win_rate")
         rows.append(dict(method=method, offline_win_rate=offline_win,

@@ -25,11 +25,16 @@ def save_figure(fig, path: Path) -> None:
 def plot_panels(panels: list[dict], path: Path, title: str = "") -> None:
     """One row of panels, each with one line per method.
     panels: [{"title", "ylabel", "lines": {method: (steps [K], values [K])}, optional
-    "hline": (value, label), optional "ylim": (low, high)}]."""
+    "bands": {method: (steps [K], low [K], high [K])} shaded in the line's colour (e.g. the
+    interquartile range over seeds), optional "hline": (value, label), optional "ylim": (low,
+    high)}]."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for method, (steps, values) in panel["lines"].items():
-            ax.plot(steps, values, lw=1.8, label=method)
+            (line,) = ax.plot(steps, values, lw=1.8, label=method)
+            if method in panel.get("bands", {}):
+                ax.fill_between(*panel["bands"][method], color=line.get_color(), alpha=0.15,
+                                lw=0)
         if panel.get("hline"):
             value, label = panel["hline"]
             ax.axhline(value, ls="--", color="black", lw=1, label=label)

@@ -189,14 +189,18 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
             continue
         offline = _offline_win(plan, results, task)
         win_lines, return_lines, probe_lines, rows = {}, {}, {}, []
+        win_bands, return_bands, probe_bands = {}, {}, {}
         for label, result in runs.items():
             steps, wins = seed_curves(result, "test_win_rate")
             _, returns = seed_curves(result, "test_return")
             t, median_win = np.median(steps, 0), np.median(wins, 0)
-            win_lines[label] = (t, median_win)
+            win_lines[label], win_bands[label] = (t, median_win), (t, *_iqr(wins))
             return_lines[label] = (t, returns.mean(0))
+            return_bands[label] = (t, *_iqr(returns))
             if result["method"] != "qmix":
-                probe_lines[label] = (t, np.median(seed_curves(result, "probe_q")[1], 0))
+                probe = seed_curves(result, "probe_q")[1]
+                probe_lines[label] = (t, np.median(probe, 0))
+                probe_bands[label] = (t, *_iqr(probe))
             final = result["final_test"]
             drop = (transition_drop(median_win, offline)
                     if offline is not None and result["method"] != "qmix" else None)
@@ -206,17 +210,29 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
         figure = f"{stem}-{task.replace('/', '-')}.png"
         hline = (offline, "offline policy") if offline is not None else None
         panels = [dict(title=f"{task}: median test win rate", ylabel="test win rate",
-                       lines=win_lines, hline=hline, ylim=(-0.02, 1.02)),
+                       lines=win_lines, bands=win_bands, hline=hline, ylim=(-0.02, 1.02)),
                   dict(title=f"{task}: mean test return", ylabel="test return (0-20)",
-                       lines=return_lines)]
+                       lines=return_lines, bands=return_bands, ylim=(0, 20.5))]
         if probe_lines:
             panels.append(dict(title=f"{task}: unlearning probe", lines=probe_lines,
+                               bands=probe_bands,
                                ylabel="median Q_tot on offline-policy episodes"))
         plot_panels(panels, out_dir / figure)
-        lines += [f"## {task}", "", f"![{task}]({figure})", "",
+        lines += [f"## {task}", "", f"![{task}]({figure})", "", SPREAD_NOTE, "",
                   *_markdown_table(["method", "final median", "final IQM [95% CI]", "drop",
                                     *[f"steps to {x:g}" for x in THRESHOLDS]], rows), ""]
     return lines
+
+
+def _iqr(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 25th and 75th percentiles over seeds [S, K] -> ([K], [K])."""
+    low, high = np.percentile(values, [25, 75], axis=0)
+    return low, high
+
+
+SPREAD_NOTE = ("Lines: median over seeds (mean for the return); shaded: the interquartile range "
+               "over seeds (with 3 seeds: from the midpoint of the lowest two to the midpoint "
+               "of the highest two).")
 
 
 def _steps(step: float | None) -> str:
@@ -226,13 +242,14 @@ def _steps(step: float | None) -> str:
 def _probe_section(plan, results, scale, out_dir, stem) -> list[str]:
     lines = []
     for task, runs in by_task(plan, results).items():
-        probe_lines, rows = {}, []
+        probe_lines, probe_bands, rows = {}, {}, []
         for label, result in runs.items():
             if result["method"] == "qmix":
                 continue
             steps, probe = seed_curves(result, "probe_q")
             t, median_probe = np.median(steps, 0), np.median(probe, 0)
             probe_lines[label] = (t, median_probe)
+            probe_bands[label] = (t, *_iqr(probe))
             low = int(np.argmin(median_probe))
             rows.append([label, _fmt(median_probe[0], 2),
                          f"{median_probe[low]:.2f} at {t[low]:,.0f}", _fmt(median_probe[-1], 2)])
@@ -240,8 +257,9 @@ def _probe_section(plan, results, scale, out_dir, stem) -> list[str]:
             continue
         figure = f"{stem}-{task.replace('/', '-')}.png"
         plot_panels([dict(title=f"{task}: unlearning probe", lines=probe_lines,
-                          ylabel="median Q_tot on offline-policy episodes")], out_dir / figure)
-        lines += [f"## {task}", "", f"![{task}]({figure})", "",
+                          bands=probe_bands, ylabel="median Q_tot on offline-policy episodes")],
+                    out_dir / figure)
+        lines += [f"## {task}", "", f"![{task}]({figure})", "", SPREAD_NOTE, "",
                   *_markdown_table(["method", "probe Q_tot at start", "lowest", "end"], rows),
                   ""]
     return lines

@@ -7,21 +7,20 @@ happens inside the jitted programs of train/online.py.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from ovmse import compiler
 from ovmse.config import TrainConfig, from_dict, to_dict, validate_train
 from ovmse.errors import UserError, warn_user
 from ovmse.evaluation import TestStats
-from ovmse.metrics_log import MetricsLog
+from ovmse.metrics_log import LogSettings, MetricsLog
 from ovmse.plots import plot_learning_curve
+from ovmse.progress import advance, announce_final_test, progress_bar
 from ovmse.provenance import code_version
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
                         read_checkpoint_meta, read_json, removed_if_unfinished, save_checkpoint,
@@ -84,7 +83,7 @@ def _checkpoint_meta(cfg: TrainConfig, chunk: int, wall_s: float) -> dict:
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-          stop_after_chunks: int | None = None, tensorboard: bool = True) -> dict | None:
+          stop_after_chunks: int | None = None, log: LogSettings = LogSettings()) -> dict | None:
     """Train (or resume) online QMIX into `run_dir`; returns the summary dict.
 
     `stop_after_chunks` pauses the run after that many chunks (test intervals) in total, with a
@@ -94,7 +93,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
     a run that fails before its first checkpoint leaves no folder behind. Paths are stored
     resolved, so the run folder works from any directory. UserError when a seed's loss or
     networks become non-finite (the last good checkpoint is kept). Metrics go to
-    metrics.jsonl and, if `tensorboard`, to event files under tensorboard/ (metrics_log.py).
+    metrics.jsonl and, as `log` says, to TensorBoard and W&B (metrics_log.py).
     """
     run_dir = Path(run_dir)
     if resume:
@@ -109,12 +108,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool 
         write_json(run_dir / "config.json", to_dict(cfg))
     with removed_if_unfinished(run_dir):
         return _train_loop(cfg, trainer, pretrained, data, run_dir, from_checkpoint, progress,
-                           stop_after_chunks, tensorboard)
+                           stop_after_chunks, log)
 
 
 def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_dir: Path,
                 from_checkpoint: bool, progress: bool, stop_after_chunks: int | None,
-                tensorboard: bool) -> dict | None:
+                log_settings: LogSettings) -> dict | None:
     ckpt_path = run_dir / CHECKPOINT_FILE
     ends = chunk_ends(cfg)
     if from_checkpoint:
@@ -124,13 +123,13 @@ def _train_loop(cfg: TrainConfig, trainer: OnlineTrainer, pretrained, data, run_
             template = trainer.init_pretrained_shapes(trainer.seed_keys(), pretrained)
         states, meta = load_checkpoint(ckpt_path, template)
         start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
-        log = MetricsLog(run_dir, "t_env", start_chunk, tensorboard)
+        log = MetricsLog(run_dir, "t_env", start_chunk, log_settings, to_dict(cfg))
     else:
         states = (trainer.init(trainer.seed_keys()) if pretrained is None
                   else trainer.init_pretrained(trainer.seed_keys(), pretrained))
         test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
         start_chunk, wall_offset = 0, 0.0
-        log = MetricsLog(run_dir, "t_env", None, tensorboard)
+        log = MetricsLog(run_dir, "t_env", None, log_settings, to_dict(cfg))
         log.extend(_records(0, states, None, test, trainer, 0.0))
         _save_snapshot(run_dir, 0, states, log.records, cfg)
         warn_if_few_updates(cfg, trainer.offline_share(),
@@ -148,9 +147,8 @@ def _train_chunks(cfg: TrainConfig, trainer: OnlineTrainer, states, data, run_di
         save_checkpoint(ckpt_path, states, _checkpoint_meta(cfg, start_chunk, wall_offset))
         return None
     start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=int(np.min(jax.device_get(states.t_env))),
-               unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               desc=f"{cfg.env.map} x{cfg.num_seeds}")
+    bar = progress_bar(cfg.steps, min(int(np.min(jax.device_get(states.t_env))), cfg.steps),
+                       "step", f"{cfg.env.map} x{cfg.num_seeds}", progress)
     last_saved_step = ends[start_chunk - 1] if start_chunk else 0
     for chunk in range(start_chunk + 1, len(ends) + 1):
         until = ends[chunk - 1]
@@ -167,7 +165,7 @@ def _train_chunks(cfg: TrainConfig, trainer: OnlineTrainer, states, data, run_di
         if until - last_saved_step >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
             save_checkpoint(ckpt_path, states, _checkpoint_meta(cfg, chunk, wall_s))
             last_saved_step = until
-        bar.update(min(r["t_env"] for r in new) - bar.n)
+        advance(bar, min(r["t_env"] for r in new))
         bar.set_postfix(win=f"{np.mean([r['test_win_rate'] for r in new]):.2f}",
                         ret=f"{np.mean([r['test_return'] for r in new]):.1f}")
         if pausing:
@@ -177,6 +175,7 @@ def _train_chunks(cfg: TrainConfig, trainer: OnlineTrainer, states, data, run_di
     wall_s = wall_offset + time.perf_counter() - start
     records = log.records
 
+    announce_final_test(progress, cfg.final_test_episodes, cfg.num_seeds)
     final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
                                             cfg.final_test_episodes))
     summary = _summary(cfg, records, final, wall_s, trainer.seed_loop)

@@ -12,14 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from ovmse import compiler
 from ovmse.config import PretrainConfig, from_dict, to_dict, validate_pretrain
@@ -28,8 +26,9 @@ from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.learner import LearnerState, init_learner, make_networks
-from ovmse.metrics_log import MetricsLog
+from ovmse.metrics_log import LogSettings, MetricsLog
 from ovmse.plots import plot_learning_curve
+from ovmse.progress import advance, announce_final_test, progress_bar
 from ovmse.provenance import code_version
 from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
                         read_checkpoint_meta, read_json, removed_if_unfinished, save_checkpoint,
@@ -86,7 +85,7 @@ def _checkpoint_meta(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, chu
 
 
 def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-             stop_after_chunks: int | None = None, tensorboard: bool = True) -> dict | None:
+             stop_after_chunks: int | None = None, log: LogSettings = LogSettings()) -> dict | None:
     """Pre-train (or resume) offline into `run_dir`; returns the summary dict, or None when
     paused by `stop_after_chunks` (a checkpoint is written; resume=True continues exactly).
     Resuming a folder with no checkpoint yet starts the run again from its config.json. The
@@ -110,24 +109,24 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress:
         write_json(run_dir / "config.json", to_dict(cfg))
     with removed_if_unfinished(run_dir):
         return _pretrain_loop(cfg, trainer, jax.device_put(data), dataset_meta, spec, run_dir,
-                              ckpt_meta is not None, progress, stop_after_chunks, tensorboard)
+                              ckpt_meta is not None, progress, stop_after_chunks, log)
 
 
 def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_meta: dict,
                    spec: EnvSpec, run_dir: Path, from_checkpoint: bool, progress: bool,
-                   stop_after_chunks: int | None, tensorboard: bool) -> dict | None:
+                   stop_after_chunks: int | None, log_settings: LogSettings) -> dict | None:
     ckpt_path = run_dir / CHECKPOINT_FILE
     ends = chunk_ends(cfg)
     if from_checkpoint:
         template = jax.eval_shape(trainer.init, trainer.seed_keys())
         states, meta = load_checkpoint(ckpt_path, template)
         start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
-        log = MetricsLog(run_dir, "updates", start_chunk, tensorboard)
+        log = MetricsLog(run_dir, "updates", start_chunk, log_settings, to_dict(cfg))
     else:
         states = trainer.init(trainer.seed_keys())
         test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
         start_chunk, wall_offset = 0, 0.0
-        log = MetricsLog(run_dir, "updates", None, tensorboard)
+        log = MetricsLog(run_dir, "updates", None, log_settings, to_dict(cfg))
         log.extend(_records(0, states, None, test, cfg, 0.0))
 
     def checkpoint(chunk, wall_s):
@@ -139,9 +138,8 @@ def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_m
             checkpoint(start_chunk, wall_offset)
             return None
         start = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=ends[start_chunk - 1] if start_chunk else 0,
-                   unit="update", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                   desc=f"{spec.map_name} {cfg.algo} x{cfg.num_seeds}")
+        bar = progress_bar(cfg.steps, ends[start_chunk - 1] if start_chunk else 0, "update",
+                           f"{spec.map_name} {cfg.algo} x{cfg.num_seeds}", progress)
         last_saved = ends[start_chunk - 1] if start_chunk else 0
         for chunk in range(start_chunk + 1, len(ends) + 1):
             until = ends[chunk - 1]
@@ -157,7 +155,7 @@ def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_m
             if until - last_saved >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
                 checkpoint(chunk, wall_s)
                 last_saved = until
-            bar.update(until - bar.n)
+            advance(bar, until)
             bar.set_postfix(win=f"{np.mean([r['test_win_rate'] for r in new]):.2f}",
                             cql=f"{np.mean([r.get('cql', 0.0) for r in new]):.2f}")
             if pausing:
@@ -167,6 +165,7 @@ def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_m
     wall_s = wall_offset + time.perf_counter() - start
     records = log.records
 
+    announce_final_test(progress, cfg.final_test_episodes, cfg.num_seeds)
     final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
                                             cfg.final_test_episodes))
     summary = _summary(cfg, spec, dataset_meta, records, final, wall_s, trainer.seed_loop)
