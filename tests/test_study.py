@@ -82,13 +82,26 @@ def toy_spec(tmp_path: Path, report="final_table", tasks=("3m/medium",),
 # --- specs -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", SPECS)
-def test_every_shipped_spec_expands_at_both_scales(name, monkeypatch):
+def test_every_shipped_spec_expands_at_each_of_its_scales(name, monkeypatch):
     monkeypatch.chdir(REPO)
     spec = load_spec(name)
-    for scale in ("cpu", "paper"):
+    assert {"cpu", "paper"} <= set(spec.scales)
+    for scale in spec.scales:
         plan = plan_cells(spec, scale)
         assert plan.pretrain and plan.finetune
         assert len({c.key for c in plan.finetune}) == len(plan.finetune)
+
+
+def test_the_workstation_scale_has_the_papers_four_maps_five_seeds_and_200k_steps(monkeypatch):
+    monkeypatch.chdir(REPO)
+    plan = plan_cells(load_spec("table1"), "workstation")
+    assert {c.task for c in plan.finetune} == {f"{m}/{q}" for m in ("2s3z", "3s5z", "5m_vs_6m",
+                                                                      "6h_vs_8z")
+                                               for q in ("medium", "medium-replay")}
+    assert all(c.base.num_seeds == 5 and c.base.steps == 200_000 for c in plan.finetune)
+    calibrated = [c for c in plan.finetune if c.method == "macal-ql"]
+    assert len(calibrated) == 8 and all(c.pretrain.config.algo == "macal-ql" for c in calibrated)
+    assert {c.cql_online for c in plan.finetune if c.method == "ovmse"} == {True, False}
 
 
 def test_specs_of_one_study_share_their_cells(monkeypatch):

@@ -449,7 +449,9 @@ class ExperimentRun:
     """Spec name (methods, table1, fig1, fig2_fig3, fig4, table2, cql_online, transition) or
     path to a .toml file."""
     scale: str = "cpu"
-    """cpu (a 2-core machine, hours) or paper (the paper's maps and budgets)."""
+    """cpu (a 2-core machine, hours), workstation (the paper's four maps, 5 seeds, 200k steps;
+    tens of hours over many sittings, docs/benchmarks.md) or paper (the paper's maps and
+    budgets)."""
     results: Path = Path("experiments/results")
     """Result cache: one JSON per finished cell, shared by all specs."""
     work_dir: Path = Path("runs/experiments")
