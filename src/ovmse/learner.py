@@ -158,7 +158,7 @@ def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: Epis
       TD loss (eq. 8): mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2, y the
         TD(lambda) target from the target network (td_lambda = 0 is eq. 8 exactly), with the
         action-proposal bootstrap when cfg.action_proposal;
-      or, when cfg.memory.use_memory, the OVM loss of eq. 6 with weight `lam`, its memory
+      or, when cfg.memory.use_memory, the OVM loss of eq. 5 with weight `lam` (eq. 6), its memory
         Qbar_offline(tau, a) from memory.target_params (no gradient reaches it);
       plus cfg.cql.alpha times the regulariser of eq. 9 (eq. 10; `key` draws its samples).
     Returns (loss, metrics)."""

@@ -45,13 +45,13 @@ def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax
 
 
 def ovm_targets(td_target: jax.Array, memory_q: jax.Array) -> jax.Array:
-    """Eq. 5: the memory target max(Qbar_offline(tau, a), y), elementwise over [T, B]."""
+    """Eq. 4: the memory target max(Qbar_offline(tau, a), y), elementwise over [T, B]."""
     return jnp.maximum(memory_q, td_target)
 
 
 def ovm_loss(q_tot: jax.Array, td_target: jax.Array, memory_q: jax.Array, lam: jax.Array,
              mask: jax.Array) -> jax.Array:
-    """Eq. 6: (1 - lam) * mean (Q_tot - y)^2 + lam * mean (Q_tot - max(Qbar_offline, y))^2 over
+    """Eq. 5: (1 - lam) * mean (Q_tot - y)^2 + lam * mean (Q_tot - max(Qbar_offline, y))^2 over
     real transitions. q_tot, td_target, memory_q, mask: [T, B]; lam: scalar in [0, 1].
     With lam = 0 this is the TD loss of eq. 8 exactly."""
     return ((1.0 - lam) * masked_mse(q_tot, td_target, mask)

@@ -5,8 +5,8 @@ scratch) and runs the same online loop; a method only sets which loss terms and 
 the loop uses:
 
   method           loss online                     exploration            start
-  ovmse            OVM (eq. 6)                     sequential (Alg. 2)    pre-trained
-  ovm              OVM (eq. 6)                     epsilon-greedy         pre-trained
+  ovmse            OVM (eq. 5)                     sequential (Alg. 2)    pre-trained
+  ovm              OVM (eq. 5)                     epsilon-greedy         pre-trained
   se               TD (eq. 8)                      sequential (Alg. 2)    pre-trained
   switch-cql       TD (eq. 8)                      epsilon-greedy         pre-trained
   macql            TD + alpha CQL (eq. 10)         epsilon-greedy         pre-trained

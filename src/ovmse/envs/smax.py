@@ -51,9 +51,6 @@ HeuristicEnemySMAX = _smax.HeuristicEnemySMAX
 map_name_to_scenario = _smax.map_name_to_scenario
 MAP_NAME_TO_SCENARIO = _smax.smax_env.MAP_NAME_TO_SCENARIO
 
-PAPER_MAPS = ("2s3z", "3s5z", "5m_vs_6m", "6h_vs_8z")
-"""The maps of the paper's experiments (section 5.1); 3m is the quick map."""
-
 MAPS = tuple(MAP_NAME_TO_SCENARIO)
 """Every map name SMAX knows."""
 
