@@ -41,18 +41,34 @@ def test_qmix_stands_under_each_task_of_its_map_and_ragged_data_is_named():
     data = marl_eval_data(load_spec("table1"), "cpu", ResultStore(RESULTS))
     tasks = data["smax"]
     assert tasks["3m_medium"]["qmix"] == tasks["3m_medium-replay"]["qmix"]
-    square = {"smax": {t: {a: tasks[t][a] for a in ("ovmse", "qmix")} for t in tasks}}
-    assert ragged(square) == []
+    one_map = {"smax": {t: {a: tasks[t][a] for a in ("ovmse", "qmix")} for t in tasks
+                        if t.startswith("3m")}}
+    assert ragged(one_map) == []
+    both_maps = {"smax": {t: {a: tasks[t][a] for a in ("ovmse", "qmix")} for t in tasks}}
+    (problem,) = ragged(both_maps)     # 3m is tested every 5k steps, 2s3z every 10k
+    assert "test points per run differ between tasks" in problem and "'3m_medium': [21]" in problem
     lopsided = {"smax": {"a": {"x": {}, "y": {}}, "b": {"x": {}}}}
     assert ragged(lopsided) == ["smax/b has algorithms ['x'], a ['x', 'y']"]
 
 
-def test_cli_exports_chosen_algorithms_and_refuses_an_empty_export(tmp_path, capsys):
+def test_cli_writes_the_keys_in_the_order_marl_eval_reads_them(tmp_path, capsys):
     out = tmp_path / "t1.json"
     assert main(["experiment", "export", "table1", "--results", str(RESULTS), "--out", str(out),
-                 "--algorithms", "ovmse", "qmix"]) == 0
-    data = json.loads(out.read_text())
+                 "--algorithms", "ovmse", "qmix", "--tasks", "3m/medium", "3m/medium-replay"]) == 0
+    data = json.loads(out.read_text())       # json keeps the file's key order
+    assert list(data["smax"]) == ["3m_medium", "3m_medium-replay"]
     assert all(sorted(algos) == ["ovmse", "qmix"] for algos in data["smax"].values())
+    run = data["smax"]["3m_medium"]["ovmse"]["seed_0"]
+    assert list(run) == [f"step_{k}" for k in range(21)] + ["absolute_metrics"]
     assert "note:" not in capsys.readouterr().out
+    assert main(["experiment", "export", "table1", "--results", str(RESULTS), "--out",
+                 str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_refuses_unknown_algorithms_and_an_empty_export(tmp_path, capsys):
+    assert main(["experiment", "export", "table1", "--results", str(RESULTS), "--algorithms",
+                 "ovmse", "bogus"]) == 2
+    assert "table1 (cpu) has no algorithms bogus; it has ovmse" in capsys.readouterr().err
     assert main(["experiment", "export", "table1", "--results", str(tmp_path / "none")]) == 2
     assert "no stored results of table1 (cpu)" in capsys.readouterr().err

@@ -83,9 +83,13 @@ def _og_marl_vault(folder, uid, spec, lengths, tail, truncated_last=True):
     return experience
 
 
-def test_a_vault_in_og_marl_layout_imports_split_at_terminals_and_truncations(tmp_path):
+def test_a_vault_in_og_marl_layout_imports_split_at_terminals_and_truncations(tmp_path,
+                                                                               monkeypatch):
     raw = _og_marl_vault(tmp_path / "3m.vlt", "Medium", SPEC_3M, lengths=[4, 6, 3], tail=2)
     meta, left_out = import_og_marl(tmp_path / "3m.vlt", SPEC_3M, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)              # the CLI's default --out: datasets-build/<map>/<uid>
+    assert main(["dataset", "import", "3m.vlt", "--map", "3m"]) == 0
+    assert (tmp_path / "datasets-build" / "3m" / "medium" / "dataset.json").is_file()
     assert left_out == 2 and meta["quality"] == "medium"
     assert meta["episode_lengths"] == [4, 6, 3] and meta["win_rate"] == 0.0
     assert meta["provenance"]["won_recorded"] is False
@@ -112,6 +116,8 @@ def test_a_vault_of_another_map_or_without_og_marl_keys_is_refused_in_one_line(t
         import_og_marl(tmp_path / "2s3z.vlt", SPEC_3M, tmp_path / "y", uid="Poor")
     with pytest.raises(UserError, match="no Vault at"):
         import_og_marl(tmp_path / "none", SPEC_3M, tmp_path / "y")
+    with pytest.raises(UserError, match=r"is one uid of a Vault; give the folder above it"):
+        import_og_marl(tmp_path / "2s3z.vlt" / "Good", SPEC_3M, tmp_path / "y")
     export_og_marl(MEDIUM, tmp_path / "ours")
     shutil.rmtree(tmp_path / "ours" / "medium" / "d")     # a Vault whose data is gone
     with pytest.raises(UserError, match="cannot read the Vault|lacks the OG-MARL keys"):

@@ -421,13 +421,14 @@ class DatasetImport:
 
 
 def run_dataset_import(cmd: DatasetImport) -> int:
-    from ovmse.datasets.ogmarl import import_og_marl
+    from ovmse.datasets.ogmarl import import_og_marl, vault_uid
     from ovmse.envs import make_env
 
     spec = make_env(cmd.map).spec
-    quality = cmd.quality or (cmd.uid or "").lower() or None
-    out = cmd.out or BUILD_ROOT / cmd.map / (quality or "imported")
-    meta, left_out = import_og_marl(cmd.vault, spec, out, uid=cmd.uid, quality=quality,
+    uid = vault_uid(cmd.vault, cmd.uid)
+    quality = cmd.quality or uid.lower()
+    out = cmd.out or BUILD_ROOT / cmd.map / quality
+    meta, left_out = import_og_marl(cmd.vault, spec, out, uid=uid, quality=quality,
                                     overwrite=cmd.overwrite)
     print(f"{out}: {meta['episodes']} episodes, {meta['transitions']} transitions, win rate "
           f"{meta['win_rate']:.3f}" + (f"; {left_out} rows of an unfinished last episode left "
@@ -558,8 +559,13 @@ class ExperimentExport:
     results: Path = Path("experiments/results")
     """Result cache written by `ovmse experiment run`."""
     algorithms: tuple[str, ...] = ()
-    """Export only these algorithms (report labels, e.g. ovmse "switch-cql"; default: all), for
+    """Export only these algorithms (report labels, e.g. ovmse switch-cql; default: all), for
     example to give marl-eval the same algorithms on every task."""
+    tasks: tuple[str, ...] = ()
+    """Export only these map/quality tasks (default: all); marl-eval's curves need the same
+    number of test points on every task, i.e. one map's tasks at a time."""
+    overwrite: bool = False
+    """Replace an existing --out."""
 
 
 def run_experiment_export(cmd: ExperimentExport) -> int:
@@ -569,13 +575,15 @@ def run_experiment_export(cmd: ExperimentExport) -> int:
     from ovmse.study.store import ResultStore
 
     spec = load_spec(cmd.spec)
-    data = marl_eval_data(spec, cmd.scale, ResultStore(cmd.results), cmd.algorithms)
+    data = marl_eval_data(spec, cmd.scale, ResultStore(cmd.results), cmd.algorithms, cmd.tasks)
     if not any(data.values()):
         raise UserError(f"no stored results of {spec.name} ({cmd.scale}) in {cmd.results}"
-                        + (f" for algorithms {', '.join(cmd.algorithms)}" if cmd.algorithms
-                           else "") + "; run `ovmse experiment run` first")
+                        + (" for the chosen algorithms and tasks" if cmd.algorithms or cmd.tasks
+                           else "") + "; run `ovmse experiment run` first, or give --results")
     out = cmd.out or Path(f"{spec.name}-{cmd.scale}.marl-eval.json")
-    write_json(out, data)
+    if out.exists() and not cmd.overwrite:
+        raise UserError(f"{out} already exists; choose another --out, or pass --overwrite")
+    write_json(out, data, sort_keys=False)      # marl-eval reads the keys in file order
     runs = sum(len(r) for tasks in data.values() for algos in tasks.values() for r in algos.values())
     print(f"wrote {out}: {sum(map(len, data.values()))} tasks, {runs} runs")
     for problem in ragged(data):

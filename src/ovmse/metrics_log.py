@@ -116,7 +116,8 @@ def _wandb_run(run_dir: Path, project: str, config: dict | None):
     try:
         import wandb
     except ImportError:
-        raise UserError("--wandb needs the wandb package: pip install 'ovmse[wandb]'") from None
+        raise UserError("--wandb needs the wandb package: pip install wandb (or the ovmse[wandb] "
+                        "extra)") from None
     try:
         return wandb.init(project=project, name=run_dir.name, group=run_dir.name,
                           dir=str(run_dir), config=config or {}, reinit="create_new")

@@ -19,7 +19,8 @@ def progress_bar(total: int, initial: int, unit: str, desc: str, enabled: bool) 
 
 def advance(bar: tqdm, to: int) -> None:
     """Move the bar to `to` units, never past its total (a chunk's env steps overshoot it by
-    the episodes in flight)."""
+    the episodes in flight); the "compiling" note goes."""
+    bar.set_postfix_str("", refresh=False)
     bar.update(min(to, bar.total) - bar.n)
 
 

@@ -73,13 +73,15 @@ def strict_json_value(obj: Any) -> Any:
     return obj
 
 
-def json_text(obj: Any, indent: int | None = 2) -> str:
-    """Strict JSON for every file the project writes: keys sorted, non-finite floats as null."""
-    return json.dumps(strict_json_value(obj), indent=indent, sort_keys=True, allow_nan=False)
+def json_text(obj: Any, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """Strict JSON for every file the project writes: keys sorted (unless a reader needs their
+    order: `sort_keys` False), non-finite floats as null."""
+    return json.dumps(strict_json_value(obj), indent=indent, sort_keys=sort_keys,
+                      allow_nan=False)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    text = json_text(obj) + "\n"
+def write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    text = json_text(obj, sort_keys=sort_keys) + "\n"
     _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 

@@ -66,7 +66,7 @@ def import_og_marl(vault: Path, spec: EnvSpec, out: Path, uid: str | None = None
     `spec` at `out` (quality: the uid unless given). Returns (the dataset's metadata, rows left
     out as an incomplete last episode). UserError naming the problem when it cannot be a
     dataset of that map."""
-    uid = _vault_uid(vault, uid)
+    uid = vault_uid(vault, uid)
     rows = _read_og_marl(vault, uid)
     _check_sizes(rows, spec, vault)
     ends = (rows["terminals"] | rows["truncations"]).any(axis=1)
@@ -103,9 +103,13 @@ def import_og_marl(vault: Path, spec: EnvSpec, out: Path, uid: str | None = None
     return meta, left_out
 
 
-def _vault_uid(vault: Path, uid: str | None) -> str:
+def vault_uid(vault: Path, uid: str | None) -> str:
+    """`uid` if the Vault holds it, else the Vault's only uid; UserError naming the uids."""
     if not Path(vault).is_dir():
         raise UserError(f"no Vault at {vault}")
+    if (Path(vault) / "metadata.json").is_file():
+        raise UserError(f"{vault} is one uid of a Vault; give the folder above it "
+                        f"({Path(vault).parent}), with --uid {Path(vault).name}")
     uids = sorted(p.name for p in Path(vault).iterdir() if (p / "metadata.json").is_file())
     if uid is None and len(uids) == 1:
         return uids[0]
