@@ -13,7 +13,6 @@ from ovmse.datasets import store
 from ovmse.datasets.build import pick_expert_and_medium
 from ovmse.datasets.card import dataset_card
 from ovmse.datasets.collect import collect_episodes
-from ovmse.datasets.loader import load_into_buffer
 from ovmse.datasets.mix import mix_datasets
 from ovmse.datasets.store import load_dataset, verify_dataset, write_dataset
 from ovmse.envs import make_env
@@ -74,7 +73,7 @@ def test_a_flipped_byte_is_found_by_verify_and_refused_by_the_loader(dataset, ca
     err = capsys.readouterr().err
     assert str(victim) in err and "SHA-256" in err and err.count("\n") == 1
     with pytest.raises(UserError, match=str(victim)):
-        load_into_buffer(dataset, ENV.spec)
+        load_dataset(dataset, ENV.spec)
 
 
 def test_a_truncated_file_is_found_by_verify_and_refused_by_the_loader(dataset, capsys):
@@ -95,21 +94,12 @@ def test_damaged_metadata_is_refused(dataset, capsys):
 
 def test_a_dataset_of_another_map_or_size_is_refused(dataset):
     with pytest.raises(UserError, match="from map 3m, not 2s3z"):
-        load_into_buffer(dataset, make_env("2s3z", episode_limit=25).spec)
+        load_dataset(dataset, make_env("2s3z", episode_limit=25).spec)
     with pytest.raises(UserError, match="episode_limit 25, this environment has 100"):
-        load_into_buffer(dataset, make_env("3m").spec)
+        load_dataset(dataset, make_env("3m").spec)
     other_sizes = ENV.spec._replace(obs_dim=80)
     with pytest.raises(UserError, match="obs_dim 75, this environment has 80"):
-        load_into_buffer(dataset, other_sizes)
-
-
-def test_loader_fills_the_episode_buffer(episodes, dataset):
-    buffer, meta = load_into_buffer(dataset, ENV.spec, capacity=32)
-    assert int(buffer.size) == 20 and int(buffer.insert_pos) == 20 and buffer.capacity == 32
-    np.testing.assert_array_equal(buffer.data.obs[:, :20], episodes.obs)
-    assert not np.asarray(buffer.data.filled[:, 20:]).any()
-    with pytest.raises(UserError, match="more than the buffer's capacity 8"):
-        load_into_buffer(dataset, ENV.spec, capacity=8)
+        load_dataset(dataset, other_sizes)
 
 
 def test_an_interrupted_write_leaves_no_dataset(episodes, tmp_path, monkeypatch):

@@ -5,9 +5,8 @@ return)."""
 import pytest
 
 from ovmse.config import NetworkConfig
-from ovmse.datasets.loader import load_into_buffer
 from ovmse.datasets.locate import SHIPPED as SHIPPED_ROOT
-from ovmse.datasets.store import read_metadata, verify_dataset
+from ovmse.datasets.store import load_dataset, read_metadata, verify_dataset
 from ovmse.envs import make_env
 from ovmse.learner import make_networks
 from ovmse.snapshots import load_policy_snapshot
@@ -20,8 +19,8 @@ QUALITIES = ("random", "medium", "expert")
 def test_shipped_dataset_verifies_and_loads(quality):
     meta = verify_dataset(SHIPPED / quality)
     assert meta["quality"] == quality and meta["map"] == "3m" and meta["episodes"] >= 200
-    buffer, _ = load_into_buffer(SHIPPED / quality, make_env("3m").spec)
-    assert int(buffer.size) == meta["episodes"]
+    batch, _ = load_dataset(SHIPPED / quality, make_env("3m").spec)
+    assert batch.num_episodes == meta["episodes"]
 
 
 def test_shipped_qualities_are_ordered():

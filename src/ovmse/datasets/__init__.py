@@ -1,2 +1,2 @@
-"""Offline datasets: layout (rows <-> episodes), store (write / read / verify), collection,
-the build recipe, mixing, cards, and loading into the learner's episode buffer."""
+"""Offline datasets: layout (rows <-> episodes), store (write / read / verify), where they are
+found (locate), collection, the build recipe, mixing, cards, and OG-MARL interop (ogmarl)."""
