@@ -175,8 +175,8 @@ class PoisonedOfflineTrainer(pretrain_module.OfflineTrainer):
         super().__init__(*args, **kwargs)
         run_chunk, calls = self.run_chunk, []
 
-        def poisoned(states, data, until):
-            states, stats = run_chunk(states, data, until)
+        def poisoned(states, until, data):
+            states, stats = run_chunk(states, until, data)
             calls.append(until)
             if len(calls) == 2:
                 nan = jax.tree.map(lambda x: x * jnp.nan, states.learner.params)
@@ -259,11 +259,11 @@ def test_runs_started_in_one_directory_work_from_another(tmp_path, monkeypatch, 
 def test_an_interrupted_start_removes_the_run_folder(tmp_path, monkeypatch):
     from ovmse.train import driver
 
-    def interrupted(cfg, trainer, pretrained, data, run_dir, *args):
+    def interrupted(program, run_dir, *args):
         (run_dir / "metrics.jsonl").write_text("{}\n")  # what the first test would write
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver, "_train_loop", interrupted)
+    monkeypatch.setattr(driver, "run_program", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_train_config(steps=200), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

@@ -21,7 +21,8 @@ from typing import Annotated, Callable, Literal
 
 import tyro
 
-from ovmse.config import FinetuneAlgo, PipelineConfig, PretrainConfig, TrainConfig
+from ovmse.config import PipelineConfig, PretrainConfig, TrainConfig
+from ovmse.methods import FinetuneAlgo
 from ovmse.datasets.locate import DATA_ROOTS, locate_dataset
 from ovmse.errors import UserError
 
@@ -55,7 +56,8 @@ class Train:
 
 def run_train(cmd: Train) -> int:
     from ovmse.runs import read_jsonl
-    from ovmse.train.driver import format_table, train
+    from ovmse.train.driver import train
+    from ovmse.train.loop import format_table
 
     if cmd.resume is not None:
         if cmd.config != TrainConfig() or cmd.out is not None or cmd.config_file is not None:
@@ -151,7 +153,8 @@ class Finetune:
 def run_finetune(cmd: Finetune) -> int:
     from ovmse.methods import finetune_config
     from ovmse.runs import read_jsonl
-    from ovmse.train.driver import format_table, train
+    from ovmse.train.driver import train
+    from ovmse.train.loop import format_table
 
     if cmd.resume is not None:
         if cmd.config != TrainConfig() or cmd.out is not None:

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ovmse.datasets.locate import locate_dataset
 from ovmse.errors import UserError
@@ -19,8 +19,7 @@ from ovmse.errors import UserError
 ExplorationName = Literal["epsilon_greedy", "sequential"]
 CqlEstimator = Literal["joint", "counterfactual"]
 PretrainAlgo = Literal["macql", "macal-ql"]
-FinetuneAlgo = Literal["ovmse", "ovm", "se", "qmix", "macql", "switch-cql", "macal-ql",
-                       "action-proposal"]
+CALQL: PretrainAlgo = "macal-ql"  # the pre-training calibrated as in Cal-QL
 
 
 @dataclass(frozen=True)
@@ -228,9 +227,9 @@ class PretrainConfig:
     def resolved(self) -> "PretrainConfig":
         """The config as trained: learner.cql.calibrated follows algo; the dataset is located as
         an absolute folder (locate_dataset: the run folder's config.json works from anywhere)."""
-        _check(not self.learner.cql.calibrated or self.algo == "macal-ql",
+        _check(not self.learner.cql.calibrated or self.algo == CALQL,
                "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
-        cql = dataclasses.replace(self.learner.cql, calibrated=self.algo == "macal-ql")
+        cql = dataclasses.replace(self.learner.cql, calibrated=self.algo == CALQL)
         return dataclasses.replace(self, dataset=locate_dataset(self.dataset),
                                    learner=dataclasses.replace(self.learner, cql=cql))
 
@@ -347,8 +346,9 @@ def validate_train(cfg: TrainConfig) -> None:
 def validate_pretrain(cfg: PretrainConfig) -> None:
     validate_network(cfg.network)
     validate_learner(cfg.learner)
-    _check(cfg.algo in ("macql", "macal-ql"), f"algo must be macql or macal-ql, got {cfg.algo!r}")
-    _check(cfg.learner.cql.calibrated == (cfg.algo == "macal-ql"),
+    _check(cfg.algo in get_args(PretrainAlgo),
+           f"algo must be {' or '.join(get_args(PretrainAlgo))}, got {cfg.algo!r}")
+    _check(cfg.learner.cql.calibrated == (cfg.algo == CALQL),
            "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
     for name in ("steps", "target_update_every", "num_seeds", "test_interval", "test_episodes",
                  "final_test_episodes", "checkpoint_interval", "reward_scale"):

@@ -1,40 +1,87 @@
-"""The online fine-tuning methods of the paper, as switches on one learner (paper section 5.1).
+"""The online fine-tuning methods of the paper, one record each (paper section 5.1).
 
-Every method starts from the same `ovmse pretrain` checkpoint (except `qmix`, which starts from
-scratch) and runs the same online loop; a method only sets which loss terms and which exploration
-the loop uses:
+Every method runs the same online loop; its record says where it starts, which loss terms and
+which exploration the loop uses:
 
   method           loss online                     exploration            start
-  ovmse            OVM (eq. 5)                     sequential (Alg. 2)    pre-trained
-  ovm              OVM (eq. 5)                     epsilon-greedy         pre-trained
-  se               TD (eq. 8)                      sequential (Alg. 2)    pre-trained
-  switch-cql       TD (eq. 8)                      epsilon-greedy         pre-trained
-  macql            TD + alpha CQL (eq. 10)         epsilon-greedy         pre-trained
-  macal-ql         TD + alpha Cal-QL               epsilon-greedy         pre-trained
-  action-proposal  TD, IBRL bootstrap              epsilon-greedy         pre-trained
-  qmix             TD (eq. 8)                      epsilon-greedy         random
+  ovmse            OVM (eq. 5)                     sequential (Alg. 2)    MACQL pre-training
+  ovm              OVM (eq. 5)                     epsilon-greedy         MACQL pre-training
+  se               TD (eq. 8)                      sequential (Alg. 2)    MACQL pre-training
+  switch-cql       TD (eq. 8)                      epsilon-greedy         MACQL pre-training
+  macql            TD + alpha CQL (eq. 10)         epsilon-greedy         MACQL pre-training
+  macal-ql         TD + alpha Cal-QL               epsilon-greedy         Cal-QL pre-training
+  action-proposal  TD, IBRL bootstrap              epsilon-greedy         MACQL pre-training
+  qmix             TD (eq. 8)                      epsilon-greedy         scratch
 
-macal-ql fine-tunes from a Cal-QL pre-training (the paper's MACal-QL is calibrated offline and
-online; `CALIBRATED_START`), every other pre-trained method from MACQL's.
-`cql_online` keeps the pre-training's CQL term online for ovmse / ovm / se / action-proposal
+The paper's MACal-QL is calibrated offline and online, so macal-ql starts from a Cal-QL
+pre-training. `cql_online` keeps the pre-training's CQL term online for any pre-trained method
 too (the paper does so for OVMSE on 2s3z). CQL's alpha and estimator are the pre-training's.
+The CLI's choices, the fine-tuning config, run titles, study cells and report labels all read
+these records; no code compares a method's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Literal
 
-from ovmse.config import (CqlConfig, EnvConfig, FinetuneAlgo, PretrainConfig, TrainConfig,
+from ovmse.config import (CALQL, CqlConfig, EnvConfig, PretrainAlgo, PretrainConfig, TrainConfig,
                           from_dict)
 from ovmse.errors import UserError
 
-METHODS: tuple[str, ...] = get_args(FinetuneAlgo)
-USES_MEMORY = ("ovmse", "ovm")
-SEQUENTIAL = ("ovmse", "se")
-KEEPS_CQL = ("macql", "macal-ql")
-CALIBRATED_START = ("macal-ql",)
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method: what `ovmse finetune --algo NAME` sets."""
+
+    name: str
+    loss: Literal["td", "ovm"]
+    """td: the TD loss of eq. 8; ovm: OVM's loss of eq. 5 with the frozen offline memory."""
+    exploration: Literal["epsilon_greedy", "sequential"]
+    """epsilon-greedy, or the paper's sequential exploration (Algorithm 2)."""
+    start: Literal["scratch"] | PretrainAlgo
+    """scratch (only the map and network sizes come from the checkpoint), or the pre-training
+    it starts from (macql or macal-ql: `ovmse pretrain --algo`)."""
+    cql: Literal["off", "kept"] = "off"
+    """kept: the pre-training's regulariser stays in the online loss (calibrated when the start
+    is Cal-QL's); off: dropped, unless fine-tuning is asked to keep it (cql_online)."""
+    action_proposal: bool = False
+    """The frozen offline policy proposes a bootstrap action too (IBRL)."""
+    study_cql_online: bool = False
+    """A study spec's `cql_online` maps keep CQL online for this method (the paper: OVMSE)."""
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.start == "scratch"
+
+    @property
+    def calibrated_start(self) -> bool:
+        """It fine-tunes from a Cal-QL pre-training."""
+        return self.start == CALQL
+
+
+OVMSE = Method("ovmse", "ovm", "sequential", "macql", study_cql_online=True)
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    OVMSE,
+    Method("ovm", "ovm", "epsilon_greedy", "macql"),
+    Method("se", "td", "sequential", "macql"),
+    Method("qmix", "td", "epsilon_greedy", "scratch"),
+    Method("macql", "td", "epsilon_greedy", "macql", cql="kept"),
+    Method("switch-cql", "td", "epsilon_greedy", "macql"),
+    Method("macal-ql", "td", "epsilon_greedy", "macal-ql", cql="kept"),
+    Method("action-proposal", "td", "epsilon_greedy", "macql", action_proposal=True),
+)}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+FinetuneAlgo = Literal[METHODS]  # the CLI's choices of --algo
+
+
+def method(name: str) -> Method:
+    """The record of a method; UserError naming the known ones for any other name."""
+    if name not in REGISTRY:
+        raise UserError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return REGISTRY[name]
 
 
 def pretrained_config(checkpoint: Path) -> tuple[PretrainConfig, dict]:
@@ -54,8 +101,7 @@ def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> T
     schedule, mixing ratio, learner settings). What the method decides (exploration kind, OVM,
     action proposal, CQL online) must be left at its default in `base`.
     """
-    if algo not in METHODS:
-        raise UserError(f"unknown method {algo!r}; known: {', '.join(METHODS)}")
+    record = method(algo)
     checkpoint = base.finetune.checkpoint
     if not checkpoint:
         raise UserError("give --checkpoint RUN_DIR, a pre-training run (ovmse pretrain)")
@@ -73,16 +119,15 @@ def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> T
                             f"(--algo {algo}, --checkpoint {checkpoint})")
     pre, meta = pretrained_config(checkpoint)
     spec = meta["spec"]
-    keep_cql = algo in KEEPS_CQL or (cql_online and algo != "qmix")
-    cql = (dataclasses.replace(pre.learner.cql, calibrated=algo == "macal-ql") if keep_cql
+    keep_cql = record.cql == "kept" or (cql_online and not record.from_scratch)
+    cql = (dataclasses.replace(pre.learner.cql, calibrated=record.calibrated_start) if keep_cql
            else CqlConfig())
     learner = dataclasses.replace(
-        base.learner, cql=cql, action_proposal=algo == "action-proposal",
-        memory=dataclasses.replace(base.learner.memory, use_memory=algo in USES_MEMORY))
-    explore = dataclasses.replace(
-        base.explore, exploration="sequential" if algo in SEQUENTIAL else "epsilon_greedy")
+        base.learner, cql=cql, action_proposal=record.action_proposal,
+        memory=dataclasses.replace(base.learner.memory, use_memory=record.loss == "ovm"))
+    explore = dataclasses.replace(base.explore, exploration=record.exploration)
     finetune = dataclasses.replace(
-        base.finetune, method=algo, checkpoint="" if algo == "qmix" else checkpoint,
+        base.finetune, method=algo, checkpoint="" if record.from_scratch else checkpoint,
         dataset=base.finetune.dataset or (pre.dataset if base.finetune.offline_ratio > 0
                                           else ""))
     env = EnvConfig(map=spec["map_name"], episode_limit=spec["episode_limit"],

@@ -32,11 +32,12 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
     """Run every phase into `out` (pretrain/, ovmse/, <baseline>/) and return the results
     table as a dict (also written to out/results.json)."""
     from ovmse.errors import UserError
-    from ovmse.methods import METHODS
+    from ovmse.methods import OVMSE, REGISTRY
 
-    if cfg.baseline not in METHODS or cfg.baseline == "ovmse":
-        raise UserError(f"baseline must be one of {', '.join(m for m in METHODS if m != 'ovmse')}"
-                        f", got {cfg.baseline!r}")
+    if REGISTRY.get(cfg.baseline, OVMSE) is OVMSE:
+        raise UserError(f"baseline must be one of "
+                        f"{', '.join(m for m, r in REGISTRY.items() if r is not OVMSE)}, got "
+                        f"{cfg.baseline!r}")
     out = Path(out)
     pre_cfg = PretrainConfig(
         dataset=cfg.dataset, steps=cfg.pretrain_steps, num_seeds=cfg.num_seeds,
@@ -52,7 +53,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
             base.learner.memory, lam_anneal_steps=cfg.lam_anneal_steps)))
     offline_win = pre["final_test"]["median_win_rate"]
     rows = []
-    for method in ("ovmse", cfg.baseline):
+    for method in (OVMSE.name, cfg.baseline):
         summary = train(finetune_config(method, base), out / method, progress=progress,
                         log=log)
         records = read_jsonl(out / method / "metrics.jsonl")

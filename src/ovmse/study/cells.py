@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ovmse.config import PretrainConfig, TrainConfig, to_dict
 from ovmse.errors import UserError
-from ovmse.methods import finetune_config
+from ovmse.methods import Method, finetune_config
+from ovmse.methods import method as method_record
 from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
 KEY_VERSION = 1
@@ -69,8 +70,12 @@ class FinetuneCell:
     cql_online: bool = False
 
     @property
+    def record(self) -> Method:
+        return method_record(self.method)
+
+    @property
     def key(self) -> str:
-        if self.method == "qmix":   # from scratch: only the map and sizes come from pre-training
+        if self.record.from_scratch:   # only the map and sizes come from pre-training
             start = dict(map=self.task.split("/")[0], network=to_dict(self.pretrain.config.network),
                          reward_scale=self.pretrain.config.reward_scale)
         else:
@@ -80,7 +85,8 @@ class FinetuneCell:
 
     @property
     def name(self) -> str:
-        where = self.task.split("/")[0] if self.method == "qmix" else self.task.replace("/", "-")
+        where = (self.task.split("/")[0] if self.record.from_scratch
+                 else self.task.replace("/", "-"))
         ratio, eps = self.base.finetune.offline_ratio, self.base.explore.eps_start
         return (f"{where}-{self.method}" + ("-cql" if self.cql_online else "")
                 + (f"-mix{ratio:g}" if ratio else "")
@@ -162,7 +168,7 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool) -> dict:
     return dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,
                 method=cell.method, cql_online=cell.cql_online,
                 offline_ratio=cell.base.finetune.offline_ratio,
-                pretrain_key=None if cell.method == "qmix" else cell.pretrain.key,
+                pretrain_key=None if cell.record.from_scratch else cell.pretrain.key,
                 config=config, final_test=summary["final_test"], wall_s=summary["wall_s"],
                 env_steps_per_s=summary["env_steps_per_s"], device=summary.get("device"),
                 code=summary.get("code"),

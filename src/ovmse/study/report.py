@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ovmse.methods import method
 from ovmse.plots import plot_panels
 from ovmse.runs import write_text
 from ovmse.stats import bootstrap_ci, interquartile_mean, steps_to_threshold, transition_drop
@@ -120,7 +121,7 @@ def by_task(plan, results) -> dict[str, dict[str, dict]]:
         if cell.key in results:
             label = cell_label(cell)
             for task in out:
-                if task == cell.task or (cell.method == "qmix"
+                if task == cell.task or (cell.record.from_scratch
                                          and task_map(task) == task_map(cell.task)):
                     out[task][label] = results[cell.key]
     return out
@@ -197,13 +198,14 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
             win_lines[label], win_bands[label] = (t, median_win), (t, *_iqr(wins))
             return_lines[label] = (t, returns.mean(0))
             return_bands[label] = (t, *_iqr(returns))
-            if result["method"] != "qmix":
+            if not method(result["method"]).from_scratch:
                 probe = seed_curves(result, "probe_q")[1]
                 probe_lines[label] = (t, np.median(probe, 0))
                 probe_bands[label] = (t, *_iqr(probe))
             final = result["final_test"]
             drop = (transition_drop(median_win, offline)
-                    if offline is not None and result["method"] != "qmix" else None)
+                    if offline is not None and not method(result["method"]).from_scratch
+                    else None)
             rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
                          _fmt(drop)] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
                                         for x in THRESHOLDS])
@@ -244,7 +246,7 @@ def _probe_section(plan, results, scale, out_dir, stem) -> list[str]:
     for task, runs in by_task(plan, results).items():
         probe_lines, probe_bands, rows = {}, {}, []
         for label, result in runs.items():
-            if result["method"] == "qmix":
+            if method(result["method"]).from_scratch:
                 continue
             steps, probe = seed_curves(result, "probe_q")
             t, median_probe = np.median(steps, 0), np.median(probe, 0)
@@ -272,7 +274,7 @@ def _mixing_section(plan, results, scale, out_dir, stem) -> list[str]:
     for task in dict.fromkeys(c.task for c in plan.finetune):
         row = [task]
         for ratio in scale.offline_ratios:
-            cell = next((c for c in plan.finetune if c.task == task and c.method != "qmix"
+            cell = next((c for c in plan.finetune if c.task == task and not c.record.from_scratch
                          and c.base.finetune.offline_ratio == ratio), None)
             if cell is None or cell.key not in results:
                 row.append("-")

@@ -8,10 +8,10 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovmse.config import PretrainConfig, TrainConfig, with_overrides
+from ovmse.config import CALQL, PretrainConfig, TrainConfig, with_overrides
 from ovmse.datasets.locate import DATA_ROOTS, find_dataset
 from ovmse.errors import UserError
-from ovmse.methods import CALIBRATED_START
+from ovmse.methods import method as method_record
 from ovmse.study.cells import Cell, FinetuneCell, PretrainCell, cell_dir, data_fingerprint
 from ovmse.study.claims import Claims
 from ovmse.study.spec import Scale, Spec, task_map
@@ -25,11 +25,11 @@ class Plan:
 
 def pretrain_config(scale: Scale, dataset: str, calibrated: bool = False) -> PretrainConfig:
     """The pre-training config a scale gives a dataset: MACQL, or Cal-QL when `calibrated`
-    (the start of the methods in methods.CALIBRATED_START)."""
+    (the start of the methods whose record has calibrated_start)."""
     cfg = PretrainConfig(dataset=dataset, steps=scale.pretrain_steps, num_seeds=scale.seeds,
                          test_interval=max(scale.pretrain_steps // 10, 1))
     cfg = with_overrides(cfg, scale.pretrain_settings)
-    return (with_overrides(cfg, {"algo": "macal-ql", "learner.cql.calibrated": True})
+    return (with_overrides(cfg, {"algo": CALQL, "learner.cql.calibrated": True})
             if calibrated else cfg)
 
 
@@ -59,17 +59,18 @@ def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS
         macql = PretrainCell(task, pretrain_config(scale, dataset))
         pretrain.setdefault(macql.key, macql)
         for method in scale.methods:
+            record = method_record(method)
             pre = macql
-            if method in CALIBRATED_START:
+            if record.calibrated_start:
                 pre = PretrainCell(task, pretrain_config(scale, dataset, calibrated=True))
                 pretrain.setdefault(pre.key, pre)
-            scratch = method == "qmix"
+            scratch = record.from_scratch
             for ratio, eps in itertools.product(
                     scale.offline_ratios if not scratch else (0.0,),
                     scale.eps_starts if scale.eps_starts and not scratch else (None,)):
                 cell = FinetuneCell(task, method,
                                     finetune_base(scale, task_map(task), ratio, eps), pre,
-                                    cql_online=method == "ovmse"
+                                    cql_online=record.study_cql_online
                                     and task_map(task) in scale.cql_online)
                 finetune.setdefault(cell.key, cell)
     return Plan(list(pretrain.values()), list(finetune.values()))
@@ -101,8 +102,8 @@ def select(plan: Plan, tasks: tuple[str, ...] = (), methods: tuple[str, ...] = (
     def keep_task(cell) -> bool:
         if not tasks:
             return True
-        return (task_map(cell.task) in maps if getattr(cell, "method", "") == "qmix"
-                else cell.task in tasks)
+        scratch = isinstance(cell, FinetuneCell) and cell.record.from_scratch
+        return task_map(cell.task) in maps if scratch else cell.task in tasks
 
     finetune = [c for c in plan.finetune
                 if keep_task(c) and (not methods or c.method in methods)]

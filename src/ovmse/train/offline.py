@@ -49,7 +49,7 @@ def trim_to_longest(data: EpisodeBatch) -> EpisodeBatch:
 
 class OfflineTrainer:
     """Builds the jitted programs for one config and dataset spec: `init`, `run_chunk`,
-    `evaluate`. `run_chunk(states, data, until)` takes the dataset as an argument (not a
+    `evaluate`. `run_chunk(states, until, data)` takes the dataset as an argument (not a
     compiled-in constant), trimmed by `trim_to_longest`. `seed_loop`: how the seeds' updates
     run (bucketing.py; default: sequential on a CPU, vmapped elsewhere)."""
 
@@ -96,8 +96,8 @@ class OfflineTrainer:
         learners = jax.vmap(update_target)(learners, copy)
         return OfflineState(learners, rngs), metrics, length
 
-    def _run_chunk(self, states: OfflineState, data: EpisodeBatch,
-                   until: jax.Array) -> tuple[OfflineState, OfflineChunkStats]:
+    def _run_chunk(self, states: OfflineState, until: jax.Array,
+                   data: EpisodeBatch) -> tuple[OfflineState, OfflineChunkStats]:
         """Update every seed until it has taken `until` gradient steps (all seeds move
         together). states: leaves [S, ...]."""
         num_seeds = states.rng.shape[0]

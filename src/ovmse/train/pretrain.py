@@ -1,5 +1,5 @@
-"""The Python side of offline pre-training: run folder, chunks, tests, checkpoints, resume,
-summary, and loading a pre-trained checkpoint into the online phase.
+"""Offline pre-training as a program of the training loop (loop.py), and loading a
+pre-trained checkpoint into the online phase.
 
 A pre-training run folder holds config.json (resolved), metrics.jsonl (one line per test point
 and seed), checkpoint.npz (every seed's LearnerState: online network, target network, optimizer
@@ -11,30 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ovmse import compiler
 from ovmse.config import PretrainConfig, from_dict, to_dict, validate_pretrain
 from ovmse.datasets.store import check_compatible, load_dataset
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
 from ovmse.learner import LearnerState, init_learner, make_networks
-from ovmse.metrics_log import LogSettings, MetricsLog
+from ovmse.metrics_log import LogSettings
 from ovmse.plots import plot_learning_curve
-from ovmse.progress import advance, announce_final_test, progress_bar
-from ovmse.provenance import code_version
-from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, new_run_dir,
-                        read_checkpoint_meta, read_json, removed_if_unfinished, save_checkpoint,
-                        write_json)
-from ovmse.train.health import check_finite, nonfinite_part
-from ovmse.train.keys import FINAL_TEST_INDEX, seed_keys
+from ovmse.runs import (CHECKPOINT_FILE, load_checkpoint, new_run_dir, read_checkpoint_meta,
+                        removed_if_unfinished, write_json)
+from ovmse.train.health import nonfinite_part
+from ovmse.train.keys import seed_keys
+from ovmse.train.loop import (final_test_summary, format_table, resumable, run_facts,
+                              run_program)
 from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
 
 CHECKPOINT_KIND = "offline-pretrain-state"
@@ -43,11 +39,6 @@ CHECKPOINT_KIND = "offline-pretrain-state"
 def dataset_fingerprint(meta: dict) -> str:
     """SHA-256 over a dataset's per-array checksums: equal iff the stored arrays are equal."""
     return hashlib.sha256(json.dumps(meta["array_sha256"], sort_keys=True).encode()).hexdigest()
-
-
-def chunk_ends(cfg: PretrainConfig) -> list[int]:
-    count = math.ceil(cfg.steps / cfg.test_interval)
-    return [min((k + 1) * cfg.test_interval, cfg.steps) for k in range(count)]
 
 
 def _load_data(cfg: PretrainConfig):
@@ -59,29 +50,84 @@ def _load_data(cfg: PretrainConfig):
     return trim_to_longest(data), meta, spec
 
 
-def _records(chunk: int, states: OfflineState, stats: OfflineChunkStats | None,
-             test: TestStats, cfg: PretrainConfig, wall_s: float) -> list[dict]:
-    host = jax.device_get((states.learner.updates, stats, test))
-    updates, stats, test = host
-    records = []
-    for i in range(len(updates)):
-        rec = dict(seed=cfg.seed + i, chunk=chunk, updates=int(updates[i]),
-                   wall_s=round(wall_s, 3), test_win_rate=float(test.win_rate[i]),
-                   test_return=float(test.mean_return[i]),
-                   test_ep_length=float(test.mean_length[i]))
-        if stats is not None and stats.updates[i] > 0:
-            n = float(stats.updates[i])
-            rec.update({k: float(v[i]) / n for k, v in stats.update_metrics._asdict().items()})
-            rec["unroll_length"] = float(stats.unroll_steps[i]) / n
-        records.append(rec)
-    return records
+class OfflineProgram:
+    """Offline pre-training on a dataset as a program of the training loop (loop.py): x-axis
+    gradient steps; the dataset lives on the device and is an argument of every chunk."""
 
+    x_key, unit, bar_unit = "updates", "gradient step", "update"
 
-def _checkpoint_meta(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, chunk: int,
-                     wall_s: float) -> dict:
-    return dict(kind=CHECKPOINT_KIND, config=to_dict(cfg), spec=spec._asdict(), chunk=chunk,
-                wall_s=wall_s, dataset=dict(path=cfg.dataset, quality=dataset_meta["quality"],
-                                            fingerprint=dataset_fingerprint(dataset_meta)))
+    def __init__(self, cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_meta: dict,
+                 spec: EnvSpec):
+        self.cfg, self.trainer, self.data = cfg, trainer, data
+        self.dataset_meta, self.spec = dataset_meta, spec
+        self.label = f"{spec.map_name} {cfg.algo} x{cfg.num_seeds}"
+
+    def init(self) -> OfflineState:
+        return self.trainer.init(self.trainer.seed_keys())
+
+    def state_template(self):
+        return jax.eval_shape(self.trainer.init, self.trainer.seed_keys())
+
+    def run_chunk(self, states: OfflineState, until: int):
+        return self.trainer.run_chunk(states, jnp.int32(until), self.data)
+
+    def evaluate(self, states: OfflineState, test_index: int, episodes: int) -> TestStats:
+        return self.trainer.evaluate(states, self.trainer.test_keys(test_index), episodes)
+
+    def records(self, chunk: int, states: OfflineState, stats: OfflineChunkStats | None,
+                test: TestStats, wall_s: float) -> list[dict]:
+        updates, stats, test = jax.device_get((states.learner.updates, stats, test))
+        records = []
+        for i in range(len(updates)):
+            rec = dict(seed=self.cfg.seed + i, chunk=chunk, updates=int(updates[i]),
+                       wall_s=round(wall_s, 3), test_win_rate=float(test.win_rate[i]),
+                       test_return=float(test.mean_return[i]),
+                       test_ep_length=float(test.mean_length[i]))
+            if stats is not None and stats.updates[i] > 0:
+                n = float(stats.updates[i])
+                rec.update({k: float(v[i]) / n
+                            for k, v in stats.update_metrics._asdict().items()})
+                rec["unroll_length"] = float(stats.unroll_steps[i]) / n
+            records.append(rec)
+        return records
+
+    def tested(self, chunk: int, states: OfflineState, records: list[dict]) -> None:
+        pass
+
+    def started(self, records: list[dict]) -> None:
+        pass
+
+    def postfix(self, records: list[dict]) -> dict:
+        return dict(win=f"{np.mean([r['test_win_rate'] for r in records]):.2f}",
+                    cql=f"{np.mean([r.get('cql', 0.0) for r in records]):.2f}")
+
+    def checkpoint_meta(self, chunk: int, wall_s: float) -> dict:
+        meta = self.dataset_meta
+        return dict(kind=CHECKPOINT_KIND, config=to_dict(self.cfg), spec=self.spec._asdict(),
+                    chunk=chunk, wall_s=wall_s,
+                    dataset=dict(path=self.cfg.dataset, quality=meta["quality"],
+                                 fingerprint=dataset_fingerprint(meta)))
+
+    def summary(self, records: list[dict], final: TestStats, wall_s: float) -> dict:
+        cfg, meta = self.cfg, self.dataset_meta
+        return dict(
+            map=self.spec.map_name, algo=cfg.algo, alpha=cfg.learner.cql.alpha,
+            seeds=sorted({r["seed"] for r in records}), updates=cfg.steps,
+            **run_facts(wall_s, self.trainer.seed_loop),
+            updates_per_s=round(cfg.steps * cfg.num_seeds / max(wall_s, 1e-9), 2),
+            dataset=dict(path=cfg.dataset, quality=meta["quality"], episodes=meta["episodes"],
+                         win_rate=meta["win_rate"], mean_return=meta["mean_return"]),
+            final_test=final_test_summary(final, cfg.final_test_episodes), config=to_dict(cfg))
+
+    def plot(self, records: list[dict], path: Path) -> None:
+        cfg, meta = self.cfg, self.dataset_meta
+        plot_learning_curve(
+            records, path,
+            f"{cfg.algo} (alpha {cfg.learner.cql.alpha:g}) on {self.spec.map_name} "
+            f"{meta['quality']}, {cfg.num_seeds} seed(s)",
+            x="updates", x_label="gradient steps",
+            references={"test_win_rate": (meta["win_rate"], "dataset win rate"),
+                        "test_return": (meta["mean_return"], "dataset mean return")})
 
 
 def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
@@ -94,7 +140,8 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress:
     non-finite (the last good checkpoint is kept)."""
     run_dir = Path(run_dir)
     if resume:
-        cfg, ckpt_meta = _resumable(run_dir)
+        cfg, ckpt_meta = resumable(run_dir, PretrainConfig, validate_pretrain, CHECKPOINT_KIND,
+                                   "the pre-training run")
     else:
         cfg, ckpt_meta = cfg.resolved(), None
         validate_pretrain(cfg)
@@ -107,113 +154,10 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress:
     if not resume:
         new_run_dir(run_dir)
         write_json(run_dir / "config.json", to_dict(cfg))
+    program = OfflineProgram(cfg, trainer, jax.device_put(data), dataset_meta, spec)
     with removed_if_unfinished(run_dir):
-        return _pretrain_loop(cfg, trainer, jax.device_put(data), dataset_meta, spec, run_dir,
-                              ckpt_meta is not None, progress, stop_after_chunks, log)
-
-
-def _pretrain_loop(cfg: PretrainConfig, trainer: OfflineTrainer, data, dataset_meta: dict,
-                   spec: EnvSpec, run_dir: Path, from_checkpoint: bool, progress: bool,
-                   stop_after_chunks: int | None, log_settings: LogSettings) -> dict | None:
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    ends = chunk_ends(cfg)
-    if from_checkpoint:
-        template = jax.eval_shape(trainer.init, trainer.seed_keys())
-        states, meta = load_checkpoint(ckpt_path, template)
-        start_chunk, wall_offset = meta["chunk"], meta["wall_s"]
-        log = MetricsLog(run_dir, "updates", start_chunk, log_settings, to_dict(cfg))
-    else:
-        states = trainer.init(trainer.seed_keys())
-        test = trainer.evaluate(states, trainer.test_keys(0), cfg.test_episodes)
-        start_chunk, wall_offset = 0, 0.0
-        log = MetricsLog(run_dir, "updates", None, log_settings, to_dict(cfg))
-        log.extend(_records(0, states, None, test, cfg, 0.0))
-
-    def checkpoint(chunk, wall_s):
-        save_checkpoint(ckpt_path, states,
-                        _checkpoint_meta(cfg, spec, dataset_meta, chunk, wall_s))
-
-    with log:
-        if stop_after_chunks is not None and start_chunk >= stop_after_chunks:
-            checkpoint(start_chunk, wall_offset)
-            return None
-        start = time.perf_counter()
-        bar = progress_bar(cfg.steps, ends[start_chunk - 1] if start_chunk else 0, "update",
-                           f"{spec.map_name} {cfg.algo} x{cfg.num_seeds}", progress)
-        last_saved = ends[start_chunk - 1] if start_chunk else 0
-        for chunk in range(start_chunk + 1, len(ends) + 1):
-            until = ends[chunk - 1]
-            states, stats = trainer.run_chunk(states, data, jnp.int32(until))
-            check_finite(states.learner, stats.update_metrics, cfg.seed,
-                         f"gradient steps {ends[chunk - 2] if chunk > 1 else 0}-{until}",
-                         run_dir, f"gradient step {last_saved}" if ckpt_path.exists() else None)
-            test = trainer.evaluate(states, trainer.test_keys(chunk), cfg.test_episodes)
-            wall_s = wall_offset + time.perf_counter() - start
-            new = _records(chunk, states, stats, test, cfg, wall_s)
-            log.extend(new)
-            pausing = chunk == stop_after_chunks
-            if until - last_saved >= cfg.checkpoint_interval or chunk == len(ends) or pausing:
-                checkpoint(chunk, wall_s)
-                last_saved = until
-            advance(bar, until)
-            bar.set_postfix(win=f"{np.mean([r['test_win_rate'] for r in new]):.2f}",
-                            cql=f"{np.mean([r.get('cql', 0.0) for r in new]):.2f}")
-            if pausing:
-                bar.close()
-                return None
-    bar.close()
-    wall_s = wall_offset + time.perf_counter() - start
-    records = log.records
-
-    announce_final_test(progress, cfg.final_test_episodes, cfg.num_seeds)
-    final = jax.device_get(trainer.evaluate(states, trainer.test_keys(FINAL_TEST_INDEX),
-                                            cfg.final_test_episodes))
-    summary = _summary(cfg, spec, dataset_meta, records, final, wall_s, trainer.seed_loop)
-    write_json(run_dir / "summary.json", summary)
-    plot_learning_curve(
-        records, run_dir / "learning_curve.png",
-        f"{cfg.algo} (alpha {cfg.learner.cql.alpha:g}) on {spec.map_name} "
-        f"{dataset_meta['quality']}, {cfg.num_seeds} seed(s)",
-        x="updates", x_label="gradient steps",
-        references={"test_win_rate": (dataset_meta["win_rate"], "dataset win rate"),
-                    "test_return": (dataset_meta["mean_return"], "dataset mean return")})
-    return summary
-
-
-def _resumable(run_dir: Path) -> tuple[PretrainConfig, dict | None]:
-    """The config of an interrupted run and its checkpoint's metadata (None: the run was killed
-    before its first checkpoint)."""
-    if not run_dir.is_dir():
-        raise UserError(f"cannot resume {run_dir}: no such run folder")
-    cfg = from_dict(PretrainConfig, read_json(run_dir / "config.json"))
-    validate_pretrain(cfg)
-    if not (run_dir / CHECKPOINT_FILE).exists():
-        return cfg, None
-    meta = read_checkpoint_meta(run_dir / CHECKPOINT_FILE)
-    if meta.get("kind") != CHECKPOINT_KIND or meta.get("config") != to_dict(cfg):
-        raise UserError(f"checkpoint in {run_dir} was not written by the pre-training run of its "
-                        f"config.json (kind {meta.get('kind')!r}); it cannot be resumed")
-    return cfg, meta
-
-
-def _summary(cfg: PretrainConfig, spec: EnvSpec, dataset_meta: dict, records: list[dict],
-             final: TestStats, wall_s: float, seed_loop: str) -> dict:
-    win = [float(w) for w in final.win_rate]
-    return dict(
-        map=spec.map_name, algo=cfg.algo, alpha=cfg.learner.cql.alpha,
-        seeds=sorted({r["seed"] for r in records}), updates=cfg.steps, wall_s=round(wall_s, 2),
-        device=device_name(), seed_loop=seed_loop, compiler_options=compiler.compiler_options(),
-        code=code_version(),
-        updates_per_s=round(cfg.steps * cfg.num_seeds / max(wall_s, 1e-9), 2),
-        dataset=dict(path=cfg.dataset, quality=dataset_meta["quality"],
-                     episodes=dataset_meta["episodes"], win_rate=dataset_meta["win_rate"],
-                     mean_return=dataset_meta["mean_return"]),
-        final_test=dict(episodes=cfg.final_test_episodes, win_rate=win,
-                        mean_return=[float(x) for x in final.mean_return],
-                        mean_ep_length=[float(x) for x in final.mean_length],
-                        median_win_rate=float(np.median(win)), mean_win_rate=float(np.mean(win))),
-        config=to_dict(cfg),
-    )
+        return run_program(program, run_dir, ckpt_meta is not None, progress,
+                           stop_after_chunks, log)
 
 
 def pretrained_checkpoint(path: Path) -> tuple[Path, dict]:
@@ -258,17 +202,7 @@ def load_pretrained(path: Path, spec: EnvSpec | None = None) -> tuple[LearnerSta
 def format_pretrain_table(records: list[dict], summary: dict, rows: int = 8) -> str:
     """Median test win rate / return over seeds vs gradient steps, the final test, and the
     dataset's own win rate beside it."""
-    from ovmse.plots import median_curve
-
-    steps, wins = median_curve(records, "test_win_rate", x="updates")
-    _, rets = median_curve(records, "test_return", x="updates")
-    pick = np.unique(np.linspace(0, len(steps) - 1, min(rows, len(steps))).round().astype(int))
-    lines = [f"{'grad steps':>10}  {'median test win rate':>20}  {'median test return':>18}"]
-    lines += [f"{int(steps[i]):>10}  {wins[i]:>20.3f}  {rets[i]:>18.2f}" for i in pick]
-    final, data = summary["final_test"], summary["dataset"]
-    lines.append(f"final test ({final['episodes']} episodes per seed): median win rate "
-                 f"{final['median_win_rate']:.3f}, per seed "
-                 + ", ".join(f"{w:.3f}" for w in final["win_rate"]))
-    lines.append(f"dataset {data['path']} ({data['quality']}, {data['episodes']} episodes): "
-                 f"win rate {data['win_rate']:.3f}, mean return {data['mean_return']:.2f}")
-    return "\n".join(lines)
+    data = summary["dataset"]
+    return (format_table(records, summary, x="updates", x_label="grad steps", rows=rows)
+            + f"\ndataset {data['path']} ({data['quality']}, {data['episodes']} episodes): "
+              f"win rate {data['win_rate']:.3f}, mean return {data['mean_return']:.2f}")
