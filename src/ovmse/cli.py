@@ -22,9 +22,9 @@ from typing import Annotated, Callable, Literal
 import tyro
 
 from ovmse.config import PipelineConfig, PretrainConfig, TrainConfig
-from ovmse.methods import FinetuneAlgo
 from ovmse.datasets.locate import DATA_ROOTS, locate_dataset
 from ovmse.errors import UserError
+from ovmse.methods import FinetuneAlgo
 
 Quality = Literal["random", "medium", "medium-replay", "expert"]
 

@@ -34,7 +34,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
     from ovmse.errors import UserError
     from ovmse.methods import OVMSE, REGISTRY
 
-    if REGISTRY.get(cfg.baseline, OVMSE) is OVMSE:
+    if cfg.baseline not in REGISTRY or REGISTRY[cfg.baseline] is OVMSE:
         raise UserError(f"baseline must be one of "
                         f"{', '.join(m for m, r in REGISTRY.items() if r is not OVMSE)}, got "
                         f"{cfg.baseline!r}")

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from ovmse.config import PretrainConfig, TrainConfig, to_dict
 from ovmse.errors import UserError
-from ovmse.methods import Method, finetune_config
-from ovmse.methods import method as method_record
+from ovmse.methods import Method, finetune_config, method as method_record
 from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
 KEY_VERSION = 1

@@ -198,14 +198,14 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
             win_lines[label], win_bands[label] = (t, median_win), (t, *_iqr(wins))
             return_lines[label] = (t, returns.mean(0))
             return_bands[label] = (t, *_iqr(returns))
-            if not method(result["method"]).from_scratch:
+            scratch = method(result["method"]).from_scratch
+            if not scratch:
                 probe = seed_curves(result, "probe_q")[1]
                 probe_lines[label] = (t, np.median(probe, 0))
                 probe_bands[label] = (t, *_iqr(probe))
             final = result["final_test"]
             drop = (transition_drop(median_win, offline)
-                    if offline is not None and not method(result["method"]).from_scratch
-                    else None)
+                    if offline is not None and not scratch else None)
             rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
                          _fmt(drop)] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
                                         for x in THRESHOLDS])
