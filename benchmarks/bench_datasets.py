@@ -23,7 +23,7 @@ from ovmse.config import NetworkConfig
 from ovmse.datasets.collect import collect_episodes
 from ovmse.datasets.store import load_dataset, verify_dataset, write_dataset
 from ovmse.envs import make_env
-from ovmse.learner import init_params, make_networks
+from ovmse.networks.qmix import init_params, make_networks
 
 RESULTS = Path(__file__).parent / "results"
 

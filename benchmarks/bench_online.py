@@ -29,7 +29,8 @@ import numpy as np
 from ovmse.buffers.episode import empty_batch, sample_episodes
 from ovmse.config import EnvConfig, TrainConfig
 from ovmse.envs import make_env
-from ovmse.learner import init_learner, learner_update, make_networks
+from ovmse.learner import init_learner, learner_update
+from ovmse.networks.qmix import make_networks
 from ovmse.runs import read_jsonl, write_json
 from ovmse.train.online import OnlineTrainer
 

@@ -344,8 +344,13 @@ def learner_split(cell, work: Path, chunk_s: float) -> dict:
 
     from ovmse.buffers.episode import EpisodeBatch
     from ovmse.config import from_dict, TrainConfig
-    from ovmse.learner import (OfflineMemory, agent_q_values, init_learner, learner_update,
-                               qmix_loss)
+    from ovmse.learner import OfflineMemory, init_learner, learner_update, qmix_loss
+    try:   # the networks' own module and the named schedules (after a06df17)
+        from ovmse.networks.qmix import agent_q_values
+        from ovmse.schedules import Schedules
+    except ImportError:
+        from ovmse.learner import agent_q_values
+        Schedules = None
     from ovmse.runs import read_jsonl
     from ovmse.study.cells import cell_dir
     from ovmse.train import bucketing
@@ -366,7 +371,9 @@ def learner_split(cell, work: Path, chunk_s: float) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     learners = jax.vmap(lambda k: init_learner(k, nets, lcfg))(keys)
     memory = OfflineMemory(learners.target_params, learners.params["agent"])
-    lam = jnp.full((seeds,), 0.5)
+    lam = jnp.full((seeds,), 0.5)   # OVM's weight, named in the versions that name it
+    if Schedules is not None:
+        lam = Schedules(epsilon=jnp.zeros((seeds,)), lam=lam, learn=jnp.ones((seeds,), bool))
 
     def batch(key):
         k1, k2, k3, k4 = jax.random.split(key, 4)

@@ -12,7 +12,8 @@ from ovmse.config import CqlConfig, LearnerConfig, NetworkConfig
 from ovmse.cql import (counterfactual_push_down, cql_regulariser, joint_push_down,
                        returns_to_go, sample_available_actions)
 from ovmse.envs import EnvSpec
-from ovmse.learner import init_learner, learner_update, make_networks, qmix_loss
+from ovmse.learner import init_learner, learner_update, qmix_loss
+from ovmse.networks.qmix import make_networks
 from ovmse.networks.mixer import MixerWeights
 
 # Two agents, three actions, one step of one episode. Agent 0 cannot take action 2.

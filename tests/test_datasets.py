@@ -17,7 +17,7 @@ from ovmse.datasets.mix import mix_datasets
 from ovmse.datasets.store import load_dataset, verify_dataset, write_dataset
 from ovmse.envs import make_env
 from ovmse.errors import UserError
-from ovmse.learner import init_params, make_networks
+from ovmse.networks.qmix import init_params, make_networks
 
 ENV = make_env("3m", episode_limit=25)
 NETS = make_networks(ENV.spec, NetworkConfig(agent_hidden_dim=8))

@@ -15,9 +15,12 @@ from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, MemoryConfig
 from ovmse.datasets.locate import SHIPPED as SHIPPED_ROOT
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
-from ovmse.learner import (OfflineMemory, init_learner, learner_update, make_networks,
+from ovmse.learner import (NO_SCHEDULES, OfflineMemory, init_learner, learner_update,
                            qmix_loss, td_targets)
-from ovmse.losses import masked_mse, ovm_loss, ovm_targets
+from ovmse.losses import masked_mse
+from ovmse.networks.qmix import make_networks
+from ovmse.ovm import ovm_loss, ovm_targets
+from ovmse.schedules import Schedules
 from ovmse.methods import METHODS, finetune_config
 from ovmse.runs import read_jsonl
 from ovmse.train.driver import train
@@ -68,7 +71,7 @@ def test_memory_weight_schedule(lam_end):
     cfg = TrainConfig(learner=LearnerConfig(memory=MemoryConfig(lam_end=lam_end,
                                                                 lam_anneal_steps=1000)))
     trainer = OnlineTrainer(cfg)
-    values = [float(trainer.memory_weight(t)) for t in (0, 500, 1000, 2000)]
+    values = [float(trainer.schedules(t).lam) for t in (0, 500, 1000, 2000)]
     np.testing.assert_allclose(values, [1.0, (1.0 + lam_end) / 2, lam_end, lam_end], atol=1e-7)
 
 
@@ -96,6 +99,10 @@ def toy_batch(key, episodes=4):
         won=jnp.zeros((t, episodes), bool), filled=filled)
 
 
+def with_lam(lam: float) -> Schedules:
+    return NO_SCHEDULES._replace(lam=jnp.asarray(lam))
+
+
 def memory_of(key) -> OfflineMemory:
     other = init_learner(key, NETS, LearnerConfig())
     return OfflineMemory(other.params, other.params["agent"])
@@ -106,14 +113,14 @@ def test_ovm_learner_loss_is_eq_6_on_its_components():
     state = init_learner(jax.random.PRNGKey(0), NETS, cfg)
     batch, memory = toy_batch(jax.random.PRNGKey(1)), memory_of(jax.random.PRNGKey(2))
     loss, m = qmix_loss(state.params, state.target_params, NETS, batch, cfg, memory=memory,
-                        lam=0.3)
+                        schedules=with_lam(0.3))
     # the memory's own Q_tot at the data actions, computed as a separate QMIX network would
     memory_q_tot = qmix_loss(memory.target_params, memory.target_params, NETS, batch,
                              LearnerConfig())[1].q_taken
     np.testing.assert_allclose(m.memory_q, memory_q_tot, rtol=1e-5)
     assert 0.0 <= float(m.memory_wins) <= 1.0
     plain = qmix_loss(state.params, state.target_params, NETS, batch, cfg, memory=memory,
-                      lam=0.0)[0]
+                      schedules=with_lam(0.0))[0]
     np.testing.assert_allclose(plain, m.td_loss, rtol=1e-6)
     assert float(loss) != pytest.approx(float(m.td_loss))
 
@@ -123,10 +130,11 @@ def test_no_gradient_reaches_the_frozen_memory():
     state = init_learner(jax.random.PRNGKey(0), NETS, cfg)
     batch, memory = toy_batch(jax.random.PRNGKey(1)), memory_of(jax.random.PRNGKey(2))
     grads = jax.grad(lambda mem: qmix_loss(state.params, state.target_params, NETS, batch, cfg,
-                                           memory=mem, lam=0.5)[0])(memory)
+                                           memory=mem, schedules=with_lam(0.5))[0])(memory)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
-    online_grads = jax.grad(lambda p: qmix_loss(p, state.target_params, NETS, batch, cfg,
-                                                memory=memory, lam=0.5)[0])(state.params)
+    online_grads = jax.grad(lambda p: qmix_loss(
+        p, state.target_params, NETS, batch, cfg, memory=memory,
+        schedules=with_lam(0.5))[0])(state.params)
     assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(online_grads))
 
 
@@ -196,7 +204,7 @@ def test_every_method_takes_one_update(algo, tiny_pretrained):
         avail=jnp.ones((101, 4, 3, 8), bool))
     memory = OfflineMemory(state.params, state.params["agent"])
     new, metrics = learner_update(state, batch, nets, cfg.learner, jax.random.PRNGKey(1),
-                                  memory, 0.5)
+                                  memory, with_lam(0.5))
     assert int(new.updates) == 1 and np.isfinite(float(metrics.loss))
 
 

@@ -6,8 +6,8 @@ import pytest
 from ovmse.buffers.episode import empty_batch
 from ovmse.config import LearnerConfig, NetworkConfig
 from ovmse.envs import EnvSpec
-from ovmse.learner import (agent_q_values, init_learner, learner_update, make_networks,
-                           qmix_loss, take, update_target)
+from ovmse.learner import init_learner, learner_update, qmix_loss, update_target
+from ovmse.networks.qmix import agent_q_values, make_networks, take
 
 SPEC = EnvSpec("toy", num_agents=2, obs_dim=3, state_dim=4, num_actions=3, episode_limit=5)
 NETS = make_networks(SPEC, NetworkConfig(agent_hidden_dim=8, mixer_embed_dim=4,

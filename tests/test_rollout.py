@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ovmse.envs import make_env
-from ovmse.learner import init_params, make_networks
+from ovmse.networks.qmix import init_params, make_networks
 from ovmse.config import NetworkConfig
 from ovmse.rollout import run_episodes
 

@@ -16,8 +16,9 @@ import pytest
 from ovmse.buffers.episode import empty_batch
 from ovmse.config import CqlConfig, LearnerConfig, MemoryConfig, NetworkConfig
 from ovmse.envs import EnvSpec
-from ovmse.learner import (OfflineMemory, init_learner, learner_update, make_networks,
-                           qmix_loss)
+from ovmse.learner import OfflineMemory, init_learner, learner_update, qmix_loss
+from ovmse.networks.qmix import make_networks
+from ovmse.schedules import Schedules
 from ovmse.train.bucketing import update_all_seeds
 
 SPEC = EnvSpec("toy", num_agents=2, obs_dim=3, state_dim=4, num_actions=3, episode_limit=9)
@@ -49,23 +50,25 @@ def _inputs(longest_per_seed):
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[
         _batch(jax.random.fold_in(keys[i], 1), n) for i, n in enumerate(longest_per_seed)])
     memory = OfflineMemory(learners.target_params, learners.params["agent"])
-    return learners, batches, keys, memory, jnp.full((seeds,), 0.5)
+    schedules = Schedules(epsilon=jnp.zeros((seeds,)), lam=jnp.full((seeds,), 0.5),
+                          learn=jnp.ones((seeds,), bool))
+    return learners, batches, keys, memory, schedules
 
 
-def _update(learner, batch, key, memory, lam, cfg=CFG):
-    return learner_update(learner, batch, NETS, cfg, key, memory, lam)
+def _update(learner, batch, key, memory, schedules, cfg=CFG):
+    return learner_update(learner, batch, NETS, cfg, key, memory, schedules)
 
 
-def _gradient(learner, batch, key, memory, lam, cfg=CFG):
+def _gradient(learner, batch, key, memory, schedules, cfg=CFG):
     """An "update" that returns the loss and its gradient as metrics (Adam's first step,
     about lr * sign(gradient), would turn rounding in a near-zero gradient into +-lr)."""
     grads, metrics = jax.grad(qmix_loss, has_aux=True)(
-        learner.params, learner.target_params, NETS, batch, cfg, key, memory, lam)
+        learner.params, learner.target_params, NETS, batch, cfg, key, memory, schedules)
     return learner, (metrics.loss, metrics.cql, grads)
 
 
-def _cql_gradient(learner, batch, key, memory, lam):
-    return _gradient(learner, batch, key, memory, lam, CQL)
+def _cql_gradient(learner, batch, key, memory, schedules):
+    return _gradient(learner, batch, key, memory, schedules, CQL)
 
 
 @functools.cache
@@ -75,8 +78,8 @@ def _program(seed_loop, update):
 
 
 def _run(seed_loop, learning, update=_update, longest=(2, 7, 4)):
-    learners, batches, keys, memory, lam = _inputs(longest)
-    return learners, _program(seed_loop, update)(learners, batches, keys, memory, lam,
+    learners, batches, keys, memory, schedules = _inputs(longest)
+    return learners, _program(seed_loop, update)(learners, batches, keys, memory, schedules,
                                                  jnp.asarray(learning))
 
 

@@ -8,7 +8,7 @@ from ovmse.config import NetworkConfig
 from ovmse.datasets.locate import SHIPPED as SHIPPED_ROOT
 from ovmse.datasets.store import load_dataset, read_metadata, verify_dataset
 from ovmse.envs import make_env
-from ovmse.learner import make_networks
+from ovmse.networks.qmix import make_networks
 from ovmse.snapshots import load_policy_snapshot
 
 SHIPPED = SHIPPED_ROOT / "3m"

@@ -130,10 +130,10 @@ class Finetune:
     loss and the exploration."""
 
     algo: FinetuneAlgo = "ovmse"
-    """ovmse (OVM + SE), ovm, se, switch-cql, macql, macal-ql, action-proposal, qmix (from
-    scratch); src/ovmse/methods.py has the table."""
+    """The method (ovmse: OVM + SE; qmix: from scratch); src/ovmse/methods.py has the table of
+    what each one sets."""
     cql_online: bool = False
-    """Keep the pre-training's CQL term online for ovmse / ovm / se / action-proposal too (the
+    """Keep the pre-training's CQL term online for a pre-trained method that drops it (the
     paper does so for OVMSE on 2s3z)."""
     config: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
     out: Path | None = None

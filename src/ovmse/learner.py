@@ -7,29 +7,22 @@ Shapes: T = episode limit, B episodes, N agents, A actions. Parameters are a dic
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ovmse.buffers.episode import EpisodeBatch
-from ovmse.config import LearnerConfig, NetworkConfig
-from ovmse.envs import EnvSpec
-from ovmse.exploration import greedy_actions
+from ovmse.config import LearnerConfig
 from ovmse.cql import (counterfactual_push_down, cql_regulariser, joint_push_down,
                        returns_to_go)
-from ovmse.losses import masked_mse, ovm_loss, td_lambda_targets
-from ovmse.networks import QMixer, RNNAgent, agent_inputs
+from ovmse.exploration import greedy_actions
+from ovmse.losses import masked_mean, masked_mse, td_lambda_targets
 from ovmse.networks.mixer import MixerWeights, mix_with
-
-
-class QmixNetworks(NamedTuple):
-    """The (parameter-free) module definitions; parameters live in LearnerState."""
-
-    agent: RNNAgent
-    mixer: QMixer
-    spec: EnvSpec
+from ovmse.networks.qmix import QmixNetworks, agent_q_values, init_params, take
+from ovmse.ovm import memory_values, ovm_term
+from ovmse.schedules import Schedules
 
 
 class LearnerState(NamedTuple):
@@ -58,25 +51,6 @@ class UpdateMetrics(NamedTuple):
     grad_norm: jax.Array
 
 
-def make_networks(spec: EnvSpec, cfg: NetworkConfig) -> QmixNetworks:
-    return QmixNetworks(
-        agent=RNNAgent(cfg.agent_hidden_dim, spec.num_actions),
-        mixer=QMixer(spec.num_agents, cfg.mixer_embed_dim, cfg.hypernet_hidden_dim),
-        spec=spec,
-    )
-
-
-def init_params(key: jax.Array, nets: QmixNetworks) -> dict:
-    spec = nets.spec
-    key_agent, key_mixer = jax.random.split(key)
-    input_dim = spec.obs_dim + spec.num_actions + spec.num_agents
-    agent_params = nets.agent.init(key_agent, nets.agent.initial_hidden(1),
-                                   jnp.zeros((1, 1, input_dim)))
-    mixer_params = nets.mixer.init(key_mixer, jnp.zeros((spec.num_agents,)),
-                                   jnp.zeros((spec.state_dim,)))
-    return {"agent": agent_params, "mixer": mixer_params}
-
-
 def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
     """Adam with global gradient-norm clipping (PyMARL2: lr 1e-3, clip 10)."""
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), optax.adam(cfg.lr))
@@ -86,24 +60,6 @@ def init_learner(key: jax.Array, nets: QmixNetworks, cfg: LearnerConfig) -> Lear
     params = init_params(key, nets)
     return LearnerState(params, params, make_optimizer(cfg).init(params),
                         jnp.zeros((), jnp.int32))
-
-
-def agent_q_values(nets: QmixNetworks, agent_params, batch: EpisodeBatch) -> jax.Array:
-    """Q_i(tau_{i,t}, .) for every step of every episode: [T+1, B, N, A].
-
-    The GRU starts from zeros at t = 0 and sees o_t, a_{t-1} (none at t = 0) and the agent id.
-    """
-    t1, b, n, _ = batch.obs.shape
-    last_action = jnp.concatenate([jnp.full((1, b, n), -1, jnp.int32), batch.actions], axis=0)
-    inputs = agent_inputs(batch.obs, last_action, nets.spec.num_actions)
-    _, q = nets.agent.apply(agent_params, nets.agent.initial_hidden(b * n),
-                            inputs.reshape(t1, b * n, -1))
-    return q.reshape(t1, b, n, -1)
-
-
-def take(q: jax.Array, actions: jax.Array) -> jax.Array:
-    """Q_i(tau_i, a_i) for the given actions: q [..., N, A], actions [..., N] -> [..., N]."""
-    return jnp.take_along_axis(q, actions[..., None], axis=-1)[..., 0]
 
 
 def td_targets(nets: QmixNetworks, target_params: dict, q_online: jax.Array,
@@ -150,67 +106,105 @@ def cql_term(q_online: jax.Array, weights: MixerWeights, q_tot: jax.Array,
     return cql_regulariser(push_down, q_tot, batch.filled)
 
 
-def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
-              cfg: LearnerConfig, key: jax.Array | None = None,
-              memory: OfflineMemory | None = None,
-              lam: jax.Array | float = 0.0) -> tuple[jax.Array, UpdateMetrics]:
-    """The loss of one update, with the switches of `cfg`:
-      TD loss (eq. 8): mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2, y the
-        TD(lambda) target from the target network (td_lambda = 0 is eq. 8 exactly), with the
-        action-proposal bootstrap when cfg.action_proposal;
-      or, when cfg.memory.use_memory, the OVM loss of eq. 5 with weight `lam` (eq. 6), its memory
-        Qbar_offline(tau, a) from memory.target_params (no gradient reaches it);
-      plus cfg.cql.alpha times the regulariser of eq. 9 (eq. 10; `key` draws its samples).
-    Returns (loss, metrics)."""
+class BatchValues(NamedTuple):
+    """Every network's values on one batch, computed once per update (`batch_values`); the loss
+    terms read them. T steps, B episodes, N agents, A actions."""
+
+    q_online: jax.Array  # [T+1, B, N, A] Q_i of the online agents
+    weights: MixerWeights  # the online mixer's weights at s_0 .. s_{T-1}
+    q_tot: jax.Array  # [T, B] Q_tot(tau_t, a_t), online
+    target: jax.Array  # [T, B] the TD(lambda) target y of eq. 8, gradient stopped
+    memory_q: jax.Array | None  # [T, B] Qbar_offline(tau_t, a_t) of the frozen memory (OVM)
+
+
+LossTerm = Callable[[BatchValues, EpisodeBatch, LearnerConfig, "jax.Array | None", Schedules],
+                    tuple[jax.Array, dict]]
+"""One summand of the loss: (values, batch, cfg, key, schedules) -> (its contribution to the
+loss, metrics it sets by UpdateMetrics field name)."""
+
+
+def batch_values(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
+                 cfg: LearnerConfig, memory: OfflineMemory | None = None) -> BatchValues:
+    """The online, target and (with OVM or action proposal) frozen offline networks on a
+    batch, each unrolled once. ValueError if OVM or action proposal has no memory."""
     q_online = agent_q_values(nets, params["agent"], batch)
     q_target = agent_q_values(nets, target_params["agent"], batch)
     weights = nets.mixer.apply(params["mixer"], batch.state[:-1], method="hypernet")
     q_tot = mix_with(weights, take(q_online[:-1], batch.actions))
-    uses_memory = cfg.memory.use_memory or cfg.action_proposal
-    if uses_memory and memory is None:
+    if (cfg.memory.use_memory or cfg.action_proposal) and memory is None:
         raise ValueError("OVM and action proposal need the offline memory")
     q_proposal = (agent_q_values(nets, memory.policy_agent, batch) if cfg.action_proposal
                   else None)
     target = jax.lax.stop_gradient(td_targets(nets, target_params, q_online, q_target, batch,
                                               cfg, q_proposal))
-    td_loss = masked_mse(q_tot, target, batch.filled)
-    count = jnp.maximum(jnp.sum(batch.filled), 1)
+    memory_q = (memory_values(nets, memory.target_params, batch) if cfg.memory.use_memory
+                else None)
+    return BatchValues(q_online, weights, q_tot, target, memory_q)
 
-    def masked_mean(x):
-        return jnp.sum(jnp.where(batch.filled, x, 0.0)) / count
 
-    if cfg.memory.use_memory:
-        memory_agent_q = agent_q_values(nets, memory.target_params["agent"], batch)
-        memory_q = jax.lax.stop_gradient(nets.mixer.apply(
-            memory.target_params["mixer"], take(memory_agent_q[:-1], batch.actions),
-            batch.state[:-1]))
-        value_loss = ovm_loss(q_tot, target, memory_q, lam, batch.filled)
-        memory_metrics = (masked_mean(memory_q), masked_mean((memory_q > target) * 1.0))
-    else:
-        value_loss = td_loss
-        memory_metrics = (jnp.zeros(()), jnp.zeros(()))
-    if cfg.cql.alpha > 0:
-        if key is None and cfg.cql.estimator == "joint":
-            raise ValueError("the joint CQL estimator samples actions: pass a key")
-        cql = cql_term(q_online, weights, q_tot, batch, cfg, key)
-    else:
-        cql = jnp.zeros(())
-    loss = value_loss + cfg.cql.alpha * cql
-    metrics = UpdateMetrics(loss=loss, td_loss=td_loss, cql=cql, memory_q=memory_metrics[0],
-                            memory_wins=memory_metrics[1],
-                            td_error_abs=masked_mean(jnp.abs(q_tot - target)),
-                            q_taken=masked_mean(q_tot), target=masked_mean(target),
-                            grad_norm=jnp.zeros(()))
-    return loss, metrics
+def td_term(values: BatchValues, batch: EpisodeBatch, cfg: LearnerConfig, key,
+            schedules: Schedules) -> tuple[jax.Array, dict]:
+    """Eq. 8: mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2."""
+    td_loss = masked_mse(values.q_tot, values.target, batch.filled)
+    return td_loss, dict(td_loss=td_loss)
+
+
+def conservative_term(values: BatchValues, batch: EpisodeBatch, cfg: LearnerConfig, key,
+                      schedules: Schedules) -> tuple[jax.Array, dict]:
+    """alpha times the regulariser of eq. 9 (eq. 10; Cal-QL's when calibrated). `key` draws
+    the joint estimator's samples: ValueError without one."""
+    if key is None and cfg.cql.estimator == "joint":
+        raise ValueError("the joint CQL estimator samples actions: pass a key")
+    cql = cql_term(values.q_online, values.weights, values.q_tot, batch, cfg, key)
+    return cfg.cql.alpha * cql, dict(cql=cql)
+
+
+def loss_terms(cfg: LearnerConfig) -> tuple[LossTerm, ...]:
+    """The summands of the loss, in the order they are added: the value term (TD, eq. 8, or
+    OVM, eq. 5, which contains it), then CQL when cfg.cql.alpha > 0."""
+    value = ovm_term if cfg.memory.use_memory else td_term
+    return (value, conservative_term) if cfg.cql.alpha > 0 else (value,)
+
+
+NO_SCHEDULES = Schedules(epsilon=jnp.zeros(()), lam=jnp.zeros(()), learn=jnp.ones((), bool))
+"""The settings of an update without schedules (offline pre-training): lam = 0."""
+
+
+def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
+              cfg: LearnerConfig, key: jax.Array | None = None,
+              memory: OfflineMemory | None = None,
+              schedules: Schedules | None = None) -> tuple[jax.Array, UpdateMetrics]:
+    """The loss of one update: the sum of `loss_terms(cfg)` on the batch's values:
+      TD loss (eq. 8): mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2, y the
+        TD(lambda) target from the target network (td_lambda = 0 is eq. 8 exactly), with the
+        action-proposal bootstrap when cfg.action_proposal;
+      or, when cfg.memory.use_memory, the OVM loss of eq. 5 with weight schedules.lam (eq. 6),
+        its memory Qbar_offline(tau, a) from memory.target_params (no gradient reaches it);
+      plus cfg.cql.alpha times the regulariser of eq. 9 (eq. 10; `key` draws its samples).
+    Returns (loss, metrics)."""
+    values = batch_values(params, target_params, nets, batch, cfg, memory)
+    schedules = NO_SCHEDULES if schedules is None else schedules
+    zero = jnp.zeros(())
+    metrics = dict(cql=zero, memory_q=zero, memory_wins=zero)
+    loss = None
+    for term in loss_terms(cfg):
+        part, term_metrics = term(values, batch, cfg, key, schedules)
+        loss = part if loss is None else loss + part
+        metrics.update(term_metrics)
+    mask = batch.filled
+    return loss, UpdateMetrics(
+        loss=loss, td_error_abs=masked_mean(jnp.abs(values.q_tot - values.target), mask),
+        q_taken=masked_mean(values.q_tot, mask), target=masked_mean(values.target, mask),
+        grad_norm=zero, **metrics)
 
 
 def learner_update(state: LearnerState, batch: EpisodeBatch, nets: QmixNetworks,
                    cfg: LearnerConfig, key: jax.Array | None = None,
                    memory: OfflineMemory | None = None,
-                   lam: jax.Array | float = 0.0) -> tuple[LearnerState, UpdateMetrics]:
+                   schedules: Schedules | None = None) -> tuple[LearnerState, UpdateMetrics]:
     """One gradient step of `qmix_loss` on a batch of episodes."""
     grads, metrics = jax.grad(qmix_loss, has_aux=True)(
-        state.params, state.target_params, nets, batch, cfg, key, memory, lam)
+        state.params, state.target_params, nets, batch, cfg, key, memory, schedules)
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics._replace(grad_norm=optax.tree.norm(grads))

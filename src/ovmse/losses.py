@@ -37,22 +37,14 @@ def td_lambda_targets(rewards: jax.Array, terminated: jax.Array, filled: jax.Arr
     return returns
 
 
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """sum(mask * x) / sum(mask) over [T, B]: the mean over real transitions (0 if none)."""
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
 def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
     """sum(mask * (prediction - target)^2) / sum(mask), the squared TD error of eq. 8 averaged
     over real transitions. Padding never reaches the gradient, even if its target is not finite."""
     error = jnp.where(mask, prediction - jnp.where(mask, target, 0.0), 0.0)
     return jnp.sum(error ** 2) / jnp.maximum(jnp.sum(mask), 1)
 
-
-def ovm_targets(td_target: jax.Array, memory_q: jax.Array) -> jax.Array:
-    """Eq. 4: the memory target max(Qbar_offline(tau, a), y), elementwise over [T, B]."""
-    return jnp.maximum(memory_q, td_target)
-
-
-def ovm_loss(q_tot: jax.Array, td_target: jax.Array, memory_q: jax.Array, lam: jax.Array,
-             mask: jax.Array) -> jax.Array:
-    """Eq. 5: (1 - lam) * mean (Q_tot - y)^2 + lam * mean (Q_tot - max(Qbar_offline, y))^2 over
-    real transitions. q_tot, td_target, memory_q, mask: [T, B]; lam: scalar in [0, 1].
-    With lam = 0 this is the TD loss of eq. 8 exactly."""
-    return ((1.0 - lam) * masked_mse(q_tot, td_target, mask)
-            + lam * masked_mse(q_tot, ovm_targets(td_target, memory_q), mask))

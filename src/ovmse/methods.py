@@ -23,6 +23,7 @@ these records; no code compares a method's name.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,13 @@ class Method:
     """The frozen offline policy proposes a bootstrap action too (IBRL)."""
     study_cql_online: bool = False
     """A study spec's `cql_online` maps keep CQL online for this method (the paper: OVMSE)."""
+    options: tuple[str, ...] = ()
+    """FinetuneConfig fields that only this method reads: set for another method, they are
+    refused, and they enter the cache keys of this method's study cells only."""
+    schedules: str = "ovmse.schedules:standard"
+    """"module:function" giving the online phase's step-dependent settings,
+    `(TrainConfig, t_env) -> schedules.Schedules` (exploration rate, update gate, loss
+    weights); named, not imported, so that reading the records needs no JAX."""
 
     @property
     def from_scratch(self) -> bool:
@@ -60,6 +68,11 @@ class Method:
     def calibrated_start(self) -> bool:
         """It fine-tunes from a Cal-QL pre-training."""
         return self.start == CALQL
+
+    def schedule_function(self):
+        """The function `schedules` names, imported."""
+        module, name = self.schedules.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 OVMSE = Method("ovmse", "ovm", "sequential", "macql", study_cql_online=True)
@@ -75,6 +88,11 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 FinetuneAlgo = Literal[METHODS]  # the CLI's choices of --algo
+
+
+def foreign_options(record: Method) -> set[str]:
+    """The FinetuneConfig fields that other methods read and `record` does not."""
+    return {o for m in REGISTRY.values() for o in m.options} - set(record.options)
 
 
 def method(name: str) -> Method:
@@ -117,6 +135,10 @@ def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> T
         if given != default:
             raise UserError(f"{name} is set by the method and the checkpoint; leave it out "
                             f"(--algo {algo}, --checkpoint {checkpoint})")
+    for name in sorted(foreign_options(record)):
+        if getattr(base.finetune, name) != getattr(defaults.finetune, name):
+            users = ", ".join(m.name for m in REGISTRY.values() if name in m.options)
+            raise UserError(f"{name} is an option of {users}, not of {algo}; leave it out")
     pre, meta = pretrained_config(checkpoint)
     spec = meta["spec"]
     keep_cql = record.cql == "kept" or (cql_online and not record.from_scratch)

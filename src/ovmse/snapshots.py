@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 
 from ovmse.errors import UserError
-from ovmse.learner import QmixNetworks, init_params
+from ovmse.networks.qmix import QmixNetworks, init_params
 from ovmse.runs import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 KIND = "policy-snapshot"

@@ -33,7 +33,7 @@ from ovmse.datasets.collect import collect_episodes, greedy_win_rate
 from ovmse.datasets.store import write_dataset
 from ovmse.envs import make_env
 from ovmse.errors import UserError
-from ovmse.learner import QmixNetworks, init_params, make_networks
+from ovmse.networks.qmix import QmixNetworks, init_params, make_networks
 from ovmse.runs import CHECKPOINT_FILE, load_checkpoint, read_checkpoint_meta, read_json, write_json
 from ovmse.snapshots import list_policy_snapshots, load_policy_snapshot
 from ovmse.train.driver import train

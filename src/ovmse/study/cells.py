@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ovmse.config import PretrainConfig, TrainConfig, to_dict
 from ovmse.errors import UserError
-from ovmse.methods import Method, finetune_config, method as method_record
+from ovmse.methods import Method, finetune_config, foreign_options, method as method_record
 from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
 KEY_VERSION = 1
@@ -79,8 +79,11 @@ class FinetuneCell:
                          reward_scale=self.pretrain.config.reward_scale)
         else:
             start = dict(pretrain=self.pretrain.key)
+        base = to_dict(self.base)
+        for option in foreign_options(self.record):   # another method's: not this cell's
+            del base["finetune"][option]
         return digest(dict(kind="finetune", method=self.method, cql_online=self.cql_online,
-                           base=to_dict(self.base), start=start))
+                           base=base, start=start))
 
     @property
     def name(self) -> str:

@@ -67,14 +67,15 @@ class OnlineProgram:
         t_env, episodes, updates, stats, test, probe = host
         records = []
         for i in range(len(t_env)):
+            schedules = trainer.schedules(int(t_env[i]))  # as a scalar: the logged rounding
             rec = dict(seed=self.cfg.seed + i, chunk=chunk, t_env=int(t_env[i]),
                        episodes=int(episodes[i]), updates=int(updates[i]),
-                       epsilon=float(trainer.epsilon(int(t_env[i]))), wall_s=round(wall_s, 3),
+                       epsilon=float(schedules.epsilon), wall_s=round(wall_s, 3),
                        test_win_rate=float(test.win_rate[i]),
                        test_return=float(test.mean_return[i]),
                        test_ep_length=float(test.mean_length[i]))
             if self.cfg.learner.memory.use_memory:
-                rec["lam"] = float(trainer.memory_weight(int(t_env[i])))
+                rec["lam"] = float(schedules.lam)
             if probe is not None:
                 rec["probe_q"] = float(probe[i])
             if stats is not None and stats.episodes[i] > 0:

@@ -21,7 +21,8 @@ from ovmse.config import PretrainConfig
 from ovmse.envs import EnvSpec, make_env
 from ovmse.evaluation import TestStats, greedy_test_program
 from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
-                           make_networks, update_target)
+                           update_target)
+from ovmse.networks.qmix import make_networks
 from ovmse.train.bucketing import SeedLoop, default_seed_loop, unroll_lengths, update_all_seeds
 from ovmse.train.keys import seed_keys, test_keys
 

@@ -32,10 +32,12 @@ from ovmse.buffers.episode import (EpisodeBatch, EpisodeBuffer, add_episodes, in
 from ovmse.config import TrainConfig
 from ovmse.envs import make_env
 from ovmse.evaluation import TestStats, greedy_episodes_program, greedy_test_program
-from ovmse.exploration import linear_schedule
-from ovmse.learner import (LearnerState, OfflineMemory, UpdateMetrics, agent_q_values,
-                           init_learner, learner_update, make_networks, take, update_target)
+from ovmse.learner import (LearnerState, OfflineMemory, UpdateMetrics, init_learner,
+                           learner_update, update_target)
+from ovmse.methods import method
+from ovmse.networks.qmix import make_networks, q_tot_taken
 from ovmse.rollout import run_episodes
+from ovmse.schedules import Schedules
 from ovmse.train.bucketing import SeedLoop, default_seed_loop, unroll_lengths, update_all_seeds
 from ovmse.train.keys import seed_keys, test_keys
 
@@ -82,6 +84,7 @@ class OnlineTrainer:
         self.env = make_env(cfg.env.map, cfg.env.episode_limit, cfg.env.reward_scale)
         self.spec = self.env.spec
         self.nets = make_networks(self.spec, cfg.network)
+        self._schedules = method(cfg.finetune.method).schedule_function()
         self.init = compiler.jit(jax.vmap(self._init_one))
         self._init_pretrained = compiler.jit(jax.vmap(self._init_pretrained_one))
         self.probe_values = compiler.jit(jax.vmap(self._probe_value_one))
@@ -97,14 +100,9 @@ class OnlineTrainer:
     def test_keys(self, test_index: int) -> jax.Array:
         return test_keys(self.cfg.seed, self.cfg.num_seeds, test_index)
 
-    def epsilon(self, t_env):
-        x = self.cfg.explore
-        return linear_schedule(x.eps_start, x.eps_end, x.eps_anneal_steps, t_env)
-
-    def memory_weight(self, t_env):
-        """lam of eq. 6: 1 at the start of the online phase, linearly down to lam_end."""
-        m = self.cfg.learner.memory
-        return linear_schedule(1.0, m.lam_end, m.lam_anneal_steps, t_env)
+    def schedules(self, t_env) -> Schedules:
+        """The run's method's settings at env step t_env (schedules.py), t_env's shape."""
+        return self._schedules(self.cfg, t_env)
 
     def _init_one(self, seed_key: jax.Array) -> TrainState:
         key_params, key_run = jax.random.split(jax.random.fold_in(seed_key, 0))
@@ -144,10 +142,8 @@ class OnlineTrainer:
 
     def _probe_value_one(self, state: TrainState) -> jax.Array:
         """Mean Q_tot(tau, a) of the current online network over the probe's transitions."""
-        probe, params = state.probe, state.learner.params
-        q = agent_q_values(self.nets, params["agent"], probe)
-        q_tot = self.nets.mixer.apply(params["mixer"], take(q[:-1], probe.actions),
-                                      probe.state[:-1])
+        probe = state.probe
+        q_tot = q_tot_taken(self.nets, state.learner.params, probe)
         return jnp.sum(jnp.where(probe.filled, q_tot, 0.0)) / jnp.maximum(probe.filled.sum(), 1)
 
     def offline_share(self) -> int:
@@ -177,16 +173,17 @@ class OnlineTrainer:
         rng, key_rollout, key_sample = jax.random.split(state.rng, 3)
         batch, episode_stats = run_episodes(
             key_rollout, self.nets.agent, state.learner.params["agent"], self.env,
-            cfg.num_envs, self.epsilon(state.t_env), cfg.explore.exploration)
+            cfg.num_envs, self.schedules(state.t_env).epsilon, cfg.explore.exploration)
         buffer = add_episodes(state.buffer, batch, active)
+        t_env = state.t_env + jnp.where(active, episode_stats.lengths.sum(), 0)
         batches = jax.vmap(lambda k: self._draw_batch(buffer, data, k))(
             jax.random.split(key_sample, lcfg.updates_per_iteration))
         update_keys = jax.random.split(jax.random.fold_in(key_sample, 1),
                                        lcfg.updates_per_iteration)  # the CQL term's samples
-        learning = active & (buffer.size >= lcfg.batch_size - self.offline_share())
+        learning = (active & (buffer.size >= lcfg.batch_size - self.offline_share())
+                    & self.schedules(t_env).learn)
         new_state = state._replace(
-            buffer=buffer, rng=jnp.where(active, rng, state.rng),
-            t_env=state.t_env + jnp.where(active, episode_stats.lengths.sum(), 0),
+            buffer=buffer, rng=jnp.where(active, rng, state.rng), t_env=t_env,
             episodes=state.episodes + jnp.where(active, cfg.num_envs, 0))
         weight = active.astype(jnp.float32)
         stats = ChunkStats(
@@ -210,16 +207,17 @@ class OnlineTrainer:
         Each update unrolls only as far as its batches need (bucketing.py).
         Returns (learners, summed metrics, summed unroll lengths)."""
         lengths = self.unroll_lengths()
-        lam = self.memory_weight(states.t_env)  # [S]
+        schedules = self.schedules(states.t_env)  # leaves [S]
 
-        def update(learner, batch, key, memory, lam):
-            return learner_update(learner, batch, self.nets, self.cfg.learner, key, memory, lam)
+        def update(learner, batch, key, memory, schedules):
+            return learner_update(learner, batch, self.nets, self.cfg.learner, key, memory,
+                                  schedules)
 
         def one_update(learners, batch_and_keys):
             batch, keys = batch_and_keys
             learners, metrics, length = update_all_seeds(
-                update, learners, batch, keys, lengths, states.memory, lam, learning=learning,
-                seed_loop=self.seed_loop)
+                update, learners, batch, keys, lengths, states.memory, schedules,
+                learning=learning, seed_loop=self.seed_loop)
             return learners, (metrics, length)
 
         per_update = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batches, keys))  # [U, S]

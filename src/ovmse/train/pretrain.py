@@ -22,7 +22,8 @@ from ovmse.datasets.store import check_compatible, load_dataset
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
-from ovmse.learner import LearnerState, init_learner, make_networks
+from ovmse.learner import LearnerState, init_learner
+from ovmse.networks.qmix import make_networks
 from ovmse.metrics_log import LogSettings
 from ovmse.plots import plot_learning_curve
 from ovmse.runs import (CHECKPOINT_FILE, load_checkpoint, new_run_dir, read_checkpoint_meta,
