@@ -193,7 +193,7 @@ def test_every_method_takes_one_update(algo, tiny_pretrained):
     expected = {"ovmse": dict(memory=True, se=True), "ovm": dict(memory=True), "se": dict(se=True),
                 "qmix": dict(scratch=True), "macql": dict(cql=True),
                 "macal-ql": dict(cql=True, cal=True), "switch-cql": {},
-                "action-proposal": dict(ap=True)}[algo]
+                "action-proposal": dict(ap=True), "wsrl": {}}[algo]
     assert {k for k, v in switches.items() if v} == set(expected)
     assert cfg.env.map == "3m" and cfg.network.agent_hidden_dim == 16
     spec = EnvSpec("3m", 3, 75, 72, 8, 100)

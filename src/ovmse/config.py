@@ -141,6 +141,9 @@ class FinetuneConfig:
     probe_episodes: int = 32
     """Episodes of the offline greedy policy, played once before the online phase, on which the
     mean Q_tot of the current network is logged at every test (the unlearning probe, Fig. 1)."""
+    warmup_steps: int = 5_000
+    """wsrl only: env steps played by the frozen pre-trained greedy policy, with no update,
+    before online fine-tuning starts (WSRL's public runs warm up for 5,000 steps; wsrl.py)."""
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,7 @@ def validate_finetune(cfg: FinetuneConfig, learner: LearnerConfig) -> None:
     _check(0.0 <= cfg.offline_ratio < 1.0,
            f"offline_ratio must be in [0, 1), got {cfg.offline_ratio}")
     _positive("probe_episodes", cfg.probe_episodes)
+    _check(cfg.warmup_steps >= 0, f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
     needs = [name for name, used in (("the OVM memory", learner.memory.use_memory),
                                      ("action proposal", learner.action_proposal),
                                      ("offline data mixing", cfg.offline_ratio > 0)) if used]

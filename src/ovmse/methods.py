@@ -12,6 +12,8 @@ which exploration the loop uses:
   macal-ql         TD + alpha Cal-QL               epsilon-greedy         Cal-QL pre-training
   action-proposal  TD, IBRL bootstrap              epsilon-greedy         MACQL pre-training
   qmix             TD (eq. 8)                      epsilon-greedy         scratch
+  wsrl             TD (eq. 8), after a warm-up     epsilon-greedy         MACQL pre-training
+                   played by the greedy pre-trained policy (wsrl.py; not in the paper)
 
 The paper's MACal-QL is calibrated offline and online, so macal-ql starts from a Cal-QL
 pre-training. `cql_online` keeps the pre-training's CQL term online for any pre-trained method
@@ -85,6 +87,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("switch-cql", "td", "epsilon_greedy", "macql"),
     Method("macal-ql", "td", "epsilon_greedy", "macal-ql", cql="kept"),
     Method("action-proposal", "td", "epsilon_greedy", "macql", action_proposal=True),
+    Method("wsrl", "td", "epsilon_greedy", "macql", options=("warmup_steps",),
+           schedules="ovmse.wsrl:schedules"),
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 FinetuneAlgo = Literal[METHODS]  # the CLI's choices of --algo
