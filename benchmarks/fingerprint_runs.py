@@ -31,7 +31,11 @@ from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, MemoryConfig
 from ovmse.methods import METHODS, finetune_config
 from ovmse.runs import read_json, read_jsonl, write_json
 from ovmse.train.driver import train
-from ovmse.train.pretrain import load_pretrained, pretrain
+from ovmse.train.pretrain import pretrain
+try:   # where the checkpoint reader lives (train/offline.py since the layering change of issue 16)
+    from ovmse.train.offline import load_pretrained
+except ImportError:
+    from ovmse.train.pretrain import load_pretrained
 
 NETWORK = NetworkConfig(agent_hidden_dim=16, mixer_embed_dim=8, hypernet_hidden_dim=16)
 

@@ -10,7 +10,7 @@ import pytest
 from ovmse.cli import main
 from ovmse.config import NetworkConfig
 from ovmse.datasets import store
-from ovmse.datasets.build import pick_expert_and_medium
+from ovmse.dataset_build import pick_expert_and_medium
 from ovmse.datasets.card import dataset_card
 from ovmse.datasets.collect import collect_episodes
 from ovmse.datasets.mix import mix_datasets
@@ -179,7 +179,7 @@ def test_expert_and_medium_rule(rates, expected):
 @pytest.fixture(scope="module")
 def toy_build(tmp_path_factory):
     from conftest import tiny_train_config
-    from ovmse.datasets.build import build_datasets
+    from ovmse.dataset_build import build_datasets
 
     out = tmp_path_factory.mktemp("build") / "3m"
     record = build_datasets("3m", out, seed=0, steps=600, episodes=6, eval_episodes=8,
@@ -207,7 +207,7 @@ def test_build_writes_every_quality_by_the_rule(toy_build):
 
 
 def test_medium_replay_is_every_episode_stored_until_the_medium_snapshot(toy_build, tmp_path):
-    from ovmse.datasets.build import SnapshotRanking, collect_quality
+    from ovmse.dataset_build import SnapshotRanking, collect_quality
     from ovmse.runs import read_jsonl
     from ovmse.snapshots import list_policy_snapshots
 
@@ -224,7 +224,7 @@ def test_medium_replay_is_every_episode_stored_until_the_medium_snapshot(toy_bui
 
 
 def test_medium_replay_of_an_untrained_policy_is_refused(toy_build, tmp_path):
-    from ovmse.datasets.build import SnapshotRanking, collect_quality
+    from ovmse.dataset_build import SnapshotRanking, collect_quality
     from ovmse.snapshots import list_policy_snapshots
 
     out, _ = toy_build

@@ -264,7 +264,7 @@ def test_finetune_starts_from_the_pretrained_policy(tiny_ovmse, tiny_pretrained)
     """Seed i starts from pre-training seed i: its first test equals a greedy test of the
     pre-trained networks on the same keys."""
     from ovmse.config import from_dict
-    from ovmse.train.pretrain import load_pretrained
+    from ovmse.train.offline import load_pretrained
 
     cfg = from_dict(TrainConfig, json.loads((tiny_ovmse / "config.json").read_text()))
     trainer = OnlineTrainer(cfg)

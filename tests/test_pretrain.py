@@ -15,7 +15,8 @@ from ovmse.envs import make_env
 from ovmse.errors import UserError
 from ovmse.runs import device_name, read_jsonl
 from ovmse.train.keys import FINAL_TEST_INDEX
-from ovmse.train.pretrain import load_pretrained, pretrain
+from ovmse.train.offline import load_pretrained
+from ovmse.train.pretrain import pretrain
 from ovmse.train.offline import OfflineTrainer
 
 SHIPPED = SHIPPED_ROOT / "3m"

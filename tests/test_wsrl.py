@@ -16,7 +16,7 @@ from ovmse.networks.qmix import agent_q_values
 from ovmse.schedules import standard
 from ovmse.study.cells import FinetuneCell, PretrainCell
 from ovmse.train.online import OnlineTrainer
-from ovmse.train.pretrain import load_pretrained
+from ovmse.train.offline import load_pretrained
 from ovmse.wsrl import schedules
 
 WARMUP = 1000

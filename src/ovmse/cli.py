@@ -238,7 +238,7 @@ BUILD_ROOT = Path("datasets-build")
 
 
 def run_dataset_build(cmd: DatasetBuild) -> int:
-    from ovmse.datasets.build import build_datasets
+    from ovmse.dataset_build import build_datasets
 
     _check_collection_args(cmd.map, cmd.episodes, cmd.epsilon, cmd.seed)
     if cmd.steps <= 0:
@@ -284,7 +284,7 @@ class DatasetCollect:
 
 
 def run_dataset_collect(cmd: DatasetCollect) -> int:
-    from ovmse.datasets.build import collect_quality
+    from ovmse.dataset_build import collect_quality
 
     _check_collection_args(cmd.map, cmd.episodes, cmd.epsilon, cmd.seed)
     if cmd.quality != "random" and cmd.run is None:

@@ -108,7 +108,7 @@ def method(name: str) -> Method:
 
 def pretrained_config(checkpoint: Path) -> tuple[PretrainConfig, dict]:
     """The PretrainConfig and checkpoint metadata of a pre-training run folder or file."""
-    from ovmse.train.pretrain import pretrained_checkpoint
+    from ovmse.train.offline import pretrained_checkpoint
 
     _, meta = pretrained_checkpoint(checkpoint)
     return from_dict(PretrainConfig, meta["config"]), meta

@@ -2,7 +2,7 @@
 
 A run folder keeps one per test point, `policies/chunk_<k>.npz` (a checkpoint file, runs.py),
 with the chunk, each seed's env step and test win rate, and the run's config in its header. They
-are what datasets are collected with (datasets/build.py) and are small (the agent and mixer
+are what datasets are collected with (dataset_build.py) and are small (the agent and mixer
 parameters, no optimizer state and no replay buffer).
 """
 

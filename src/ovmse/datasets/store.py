@@ -369,3 +369,9 @@ def check_compatible(meta: dict, spec: EnvSpec, path: Path) -> None:
         raise UserError(f"dataset {path} was made with jaxmarl {meta['jaxmarl_version']}, this "
                         f"environment has {jaxmarl_version()} (SMAX differs between versions); "
                         f"install jaxmarl=={meta['jaxmarl_version']} or rebuild the data")
+
+
+def dataset_fingerprint(meta: dict) -> str:
+    """SHA-256 over a dataset's per-array checksums: equal iff the stored arrays are equal."""
+    text = json.dumps(meta["array_sha256"], sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()

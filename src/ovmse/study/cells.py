@@ -121,7 +121,8 @@ def _fresh_or_resumable(run_dir: Path) -> bool:
 
 
 def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool) -> dict:
-    from ovmse.train.pretrain import pretrain, pretrained_checkpoint
+    from ovmse.train.offline import pretrained_checkpoint
+    from ovmse.train.pretrain import pretrain
 
     run_dir = cell_dir(cell, work_dir)
     summary_path = run_dir / "summary.json"
@@ -192,6 +193,6 @@ def _curves(records: list[dict], x: str, keys: tuple[str, ...]) -> dict:
 
 def data_fingerprint(dataset: str) -> str:
     from ovmse.datasets.store import read_metadata
-    from ovmse.train.pretrain import dataset_fingerprint
+    from ovmse.datasets.store import dataset_fingerprint
 
     return dataset_fingerprint(read_metadata(Path(dataset)))

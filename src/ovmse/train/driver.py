@@ -202,7 +202,7 @@ def offline_inputs(cfg: TrainConfig, trainer: OnlineTrainer):
     i mod its seed count) and the offline dataset on the device (when offline_ratio > 0);
     (None, None) for a run from scratch."""
     from ovmse.datasets.store import load_dataset
-    from ovmse.train.pretrain import load_pretrained
+    from ovmse.train.offline import load_pretrained
 
     if not cfg.finetune.checkpoint:
         return None, None

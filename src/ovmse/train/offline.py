@@ -6,10 +6,12 @@ The dataset sits on the device once, shared by every seed, cut to its longest ep
 eq. 10 (TD loss + alpha * CQL), and copy the online network into the target every
 `target_update_every` updates. One *chunk* runs updates until the next test point inside a
 `lax.while_loop`; the Python driver (train/pretrain.py) calls one chunk per test interval.
+`load_pretrained` reads a pre-training's checkpoint back, for the online phase.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -17,14 +19,21 @@ import jax.numpy as jnp
 
 from ovmse import compiler
 from ovmse.buffers.episode import EpisodeBatch
-from ovmse.config import PretrainConfig
+from ovmse.config import PretrainConfig, from_dict
 from ovmse.envs import EnvSpec, make_env
+from ovmse.errors import UserError
 from ovmse.evaluation import TestStats, greedy_test_program
 from ovmse.learner import (LearnerState, UpdateMetrics, init_learner, learner_update,
                            update_target)
 from ovmse.networks.qmix import make_networks
+from ovmse.runs import CHECKPOINT_FILE, load_checkpoint, read_checkpoint_meta
 from ovmse.train.bucketing import SeedLoop, default_seed_loop, unroll_lengths, update_all_seeds
+from ovmse.train.health import nonfinite_part
 from ovmse.train.keys import seed_keys, test_keys
+
+
+CHECKPOINT_KIND = "offline-pretrain-state"
+"""The `kind` in the metadata of a pre-training checkpoint (train/pretrain.py writes it)."""
 
 
 class OfflineState(NamedTuple):
@@ -118,3 +127,42 @@ class OfflineTrainer:
         """Greedy tests of every seed's online agent (evaluation.greedy_test_program):
         keys [S] -> TestStats [S]."""
         return self._test(states.learner.params["agent"], keys, num_episodes)
+
+
+def pretrained_checkpoint(path: Path) -> tuple[Path, dict]:
+    """The checkpoint file of a pre-training run (its folder or the file) and its metadata;
+    UserError if it is not one."""
+    path = Path(path)
+    ckpt = path / CHECKPOINT_FILE if path.is_dir() else path
+    meta = read_checkpoint_meta(ckpt)
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise UserError(f"{ckpt} is not an offline pre-training checkpoint (kind "
+                        f"{meta.get('kind')!r}); make one with `ovmse pretrain`")
+    return ckpt, meta
+
+
+def load_pretrained(path: Path, spec: EnvSpec | None = None) -> tuple[LearnerState, dict]:
+    """The LearnerState of every seed of a pre-training run ([S, ...] leaves: online and target
+    networks, optimizer state, update count) and the checkpoint's metadata (its config, spec,
+    dataset). `path` is the run folder or its checkpoint file; `spec`, when given, must match
+    the map and sizes it was trained on."""
+    ckpt, meta = pretrained_checkpoint(path)
+    trained = EnvSpec(**meta["spec"])
+    if spec is not None and trained != spec:
+        what = (f"map {trained.map_name}" if trained.map_name != spec.map_name else
+                f"sizes {tuple(trained)}")
+        raise UserError(f"{ckpt} was pre-trained on {what}, not {spec.map_name} "
+                        f"{tuple(spec)}; pre-train on this map's data first")
+    cfg = from_dict(PretrainConfig, meta["config"])
+    nets = make_networks(trained, cfg.network)
+
+    def init_one(key):
+        return OfflineState(init_learner(key, nets, cfg.learner), key)
+
+    keys = seed_keys(cfg.seed, cfg.num_seeds)
+    states, _ = load_checkpoint(ckpt, jax.eval_shape(jax.vmap(init_one), keys))
+    bad = nonfinite_part(states.learner)
+    if bad:
+        raise UserError(f"{ckpt} holds non-finite {bad[1]} (seed {cfg.seed + bad[0]}); it "
+                        f"cannot start fine-tuning: pre-train again")
+    return states.learner, meta

@@ -4,43 +4,30 @@ pre-trained checkpoint into the online phase.
 A pre-training run folder holds config.json (resolved), metrics.jsonl (one line per test point
 and seed), checkpoint.npz (every seed's LearnerState: online network, target network, optimizer
 state, update count; plus its RNG), summary.json and learning_curve.png. The checkpoint is what
-the online phase loads (`load_pretrained`): its target network is OVM's frozen memory.
+the online phase loads (`train.offline.load_pretrained`): its target network is OVM's frozen
+memory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ovmse.config import PretrainConfig, from_dict, to_dict, validate_pretrain
-from ovmse.datasets.store import check_compatible, load_dataset
+from ovmse.config import PretrainConfig, to_dict, validate_pretrain
+from ovmse.datasets.store import check_compatible, dataset_fingerprint, load_dataset
 from ovmse.envs import EnvSpec
 from ovmse.errors import UserError
 from ovmse.evaluation import TestStats
-from ovmse.learner import LearnerState, init_learner
-from ovmse.networks.qmix import make_networks
 from ovmse.metrics_log import LogSettings
 from ovmse.plots import plot_learning_curve
-from ovmse.runs import (CHECKPOINT_FILE, load_checkpoint, new_run_dir, read_checkpoint_meta,
-                        removed_if_unfinished, write_json)
-from ovmse.train.health import nonfinite_part
-from ovmse.train.keys import seed_keys
+from ovmse.runs import new_run_dir, removed_if_unfinished, write_json
 from ovmse.train.loop import (final_test_summary, format_table, resumable, run_facts,
                               run_program)
-from ovmse.train.offline import OfflineChunkStats, OfflineState, OfflineTrainer, trim_to_longest
-
-CHECKPOINT_KIND = "offline-pretrain-state"
-
-
-def dataset_fingerprint(meta: dict) -> str:
-    """SHA-256 over a dataset's per-array checksums: equal iff the stored arrays are equal."""
-    return hashlib.sha256(json.dumps(meta["array_sha256"], sort_keys=True).encode()).hexdigest()
-
+from ovmse.train.offline import (CHECKPOINT_KIND, OfflineChunkStats, OfflineState,
+                                 OfflineTrainer, trim_to_longest)
 
 def _load_data(cfg: PretrainConfig):
     data, meta = load_dataset(Path(cfg.dataset))
@@ -159,45 +146,6 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False, progress:
     with removed_if_unfinished(run_dir):
         return run_program(program, run_dir, ckpt_meta is not None, progress,
                            stop_after_chunks, log)
-
-
-def pretrained_checkpoint(path: Path) -> tuple[Path, dict]:
-    """The checkpoint file of a pre-training run (its folder or the file) and its metadata;
-    UserError if it is not one."""
-    path = Path(path)
-    ckpt = path / CHECKPOINT_FILE if path.is_dir() else path
-    meta = read_checkpoint_meta(ckpt)
-    if meta.get("kind") != CHECKPOINT_KIND:
-        raise UserError(f"{ckpt} is not an offline pre-training checkpoint (kind "
-                        f"{meta.get('kind')!r}); make one with `ovmse pretrain`")
-    return ckpt, meta
-
-
-def load_pretrained(path: Path, spec: EnvSpec | None = None) -> tuple[LearnerState, dict]:
-    """The LearnerState of every seed of a pre-training run ([S, ...] leaves: online and target
-    networks, optimizer state, update count) and the checkpoint's metadata (its config, spec,
-    dataset). `path` is the run folder or its checkpoint file; `spec`, when given, must match
-    the map and sizes it was trained on."""
-    ckpt, meta = pretrained_checkpoint(path)
-    trained = EnvSpec(**meta["spec"])
-    if spec is not None and trained != spec:
-        what = (f"map {trained.map_name}" if trained.map_name != spec.map_name else
-                f"sizes {tuple(trained)}")
-        raise UserError(f"{ckpt} was pre-trained on {what}, not {spec.map_name} "
-                        f"{tuple(spec)}; pre-train on this map's data first")
-    cfg = from_dict(PretrainConfig, meta["config"])
-    nets = make_networks(trained, cfg.network)
-
-    def init_one(key):
-        return OfflineState(init_learner(key, nets, cfg.learner), key)
-
-    keys = seed_keys(cfg.seed, cfg.num_seeds)
-    states, _ = load_checkpoint(ckpt, jax.eval_shape(jax.vmap(init_one), keys))
-    bad = nonfinite_part(states.learner)
-    if bad:
-        raise UserError(f"{ckpt} holds non-finite {bad[1]} (seed {cfg.seed + bad[0]}); it "
-                        f"cannot start fine-tuning: pre-train again")
-    return states.learner, meta
 
 
 def format_pretrain_table(records: list[dict], summary: dict, rows: int = 8) -> str:
