@@ -147,7 +147,24 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class RunConfig:
+    """What every training run has, online or offline: its seeds and its greedy tests (the
+    steps, test and checkpoint intervals differ in unit: env steps online, gradient steps
+    offline)."""
+
+    seed: int = 0
+    """First seed; seeds seed, seed+1, ... run together in one vectorised program."""
+    num_seeds: int = 1
+    """Independent seeds trained together in one program (their updates vmapped on a GPU, one
+    after the other on a CPU: train/bucketing.py)."""
+    test_episodes: int = 32
+    """Greedy episodes per test (PyMARL2: 32)."""
+    final_test_episodes: int = 640
+    """Greedy episodes of the final test per seed (the paper's Table 1: 640)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
     """Online QMIX training on SMAX."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -159,17 +176,8 @@ class TrainConfig:
     """Env steps to train for (summed over the parallel environments of one seed)."""
     num_envs: int = 8
     """Episodes played in parallel per iteration (PyMARL2's batch_size_run: 8)."""
-    seed: int = 0
-    """First seed; seeds seed, seed+1, ... run together in one vectorised program."""
-    num_seeds: int = 1
-    """Independent seeds trained together in one program (their updates vmapped on a GPU, one
-    after the other on a CPU: train/bucketing.py)."""
     test_interval: int = 10_000
     """Env steps between greedy tests (PyMARL2: 10k)."""
-    test_episodes: int = 32
-    """Greedy episodes per test (PyMARL2: 32)."""
-    final_test_episodes: int = 640
-    """Greedy episodes of the final test per seed (the paper's Table 1: 640)."""
     checkpoint_interval: int = 100_000
     """Env steps between resumable checkpoints (the last one is always written)."""
 
@@ -179,6 +187,12 @@ class TrainConfig:
         finetune = dataclasses.replace(self.finetune, checkpoint=absolute(self.finetune.checkpoint),
                                        dataset=locate_dataset(self.finetune.dataset))
         return dataclasses.replace(self, finetune=finetune)
+
+
+def pretrain_test_interval(steps: int) -> int:
+    """The test spacing of a pre-training that `ovmse run` or a study sets up: ten tests,
+    evenly spaced (at least one gradient step apart)."""
+    return max(steps // 10, 1)
 
 
 def absolute(path: str) -> str:
@@ -191,7 +205,7 @@ def _offline_learner() -> LearnerConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     """Offline pre-training on a dataset: QMIX TD loss + alpha * CQL (eq. 10), MACQL or MACal-QL.
     The map and sizes come from the dataset."""
 
@@ -211,17 +225,8 @@ class PretrainConfig:
     target_update_every: int = 25
     """Gradient steps between hard copies into the target network (25: PyMARL2's spacing
     online, 200 episodes at one update per 8 episodes)."""
-    seed: int = 0
-    """First seed; seeds seed, seed+1, ... run together in one vectorised program."""
-    num_seeds: int = 1
-    """Independent seeds trained together in one program (their updates vmapped on a GPU, one
-    after the other on a CPU: train/bucketing.py)."""
     test_interval: int = 250
     """Gradient steps between greedy tests in the environment."""
-    test_episodes: int = 32
-    """Greedy episodes per test (PyMARL2: 32)."""
-    final_test_episodes: int = 640
-    """Greedy episodes of the final test per seed (the paper's Table 1: 640)."""
     checkpoint_interval: int = 2_000
     """Gradient steps between resumable checkpoints (the last one is always written)."""
     reward_scale: float = 10.0

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, PipelineConfig,
-                          PretrainConfig, TrainConfig)
+                          PretrainConfig, TrainConfig, pretrain_test_interval)
 from ovmse.methods import finetune_config
 from ovmse.metrics_log import LogSettings
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
@@ -41,7 +41,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
     out = Path(out)
     pre_cfg = PretrainConfig(
         dataset=cfg.dataset, steps=cfg.pretrain_steps, num_seeds=cfg.num_seeds,
-        test_interval=max(cfg.pretrain_steps // 5, 1),
+        test_interval=pretrain_test_interval(cfg.pretrain_steps),
         learner=LearnerConfig(cql=CqlConfig(alpha=cfg.alpha, num_samples=cfg.num_samples)))
     pre = pretrain(pre_cfg, out / "pretrain", progress=progress, log=log)
     base = TrainConfig(steps=cfg.finetune_steps, num_seeds=cfg.num_seeds,

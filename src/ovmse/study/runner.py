@@ -8,7 +8,8 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovmse.config import CALQL, PretrainConfig, TrainConfig, with_overrides
+from ovmse.config import (CALQL, PretrainConfig, TrainConfig, pretrain_test_interval,
+                          with_overrides)
 from ovmse.datasets.locate import DATA_ROOTS, find_dataset
 from ovmse.errors import UserError
 from ovmse.methods import method as method_record
@@ -27,7 +28,7 @@ def pretrain_config(scale: Scale, dataset: str, calibrated: bool = False) -> Pre
     """The pre-training config a scale gives a dataset: MACQL, or Cal-QL when `calibrated`
     (the start of the methods whose record has calibrated_start)."""
     cfg = PretrainConfig(dataset=dataset, steps=scale.pretrain_steps, num_seeds=scale.seeds,
-                         test_interval=max(scale.pretrain_steps // 10, 1))
+                         test_interval=pretrain_test_interval(scale.pretrain_steps))
     cfg = with_overrides(cfg, scale.pretrain_settings)
     return (with_overrides(cfg, {"algo": CALQL, "learner.cql.calibrated": True})
             if calibrated else cfg)
