@@ -340,16 +340,22 @@ def validate_exploration(cfg: ExplorationConfig) -> None:
     _positive("eps_anneal_steps", cfg.eps_anneal_steps)
 
 
+def validate_run(cfg: RunConfig) -> None:
+    """The fields every training run has (RunConfig)."""
+    for name in ("num_seeds", "test_episodes", "final_test_episodes"):
+        _positive(name, getattr(cfg, name))
+    _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+
+
 def validate_train(cfg: TrainConfig) -> None:
     validate_env(cfg.env)
     validate_network(cfg.network)
     validate_learner(cfg.learner)
     validate_exploration(cfg.explore)
     validate_finetune(cfg.finetune, cfg.learner)
-    for name in ("steps", "num_envs", "num_seeds", "test_interval", "test_episodes",
-                 "final_test_episodes", "checkpoint_interval"):
+    validate_run(cfg)
+    for name in ("steps", "num_envs", "test_interval", "checkpoint_interval"):
         _positive(name, getattr(cfg, name))
-    _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
 
 
 def validate_pretrain(cfg: PretrainConfig) -> None:
@@ -359,10 +365,10 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
            f"algo must be {' or '.join(get_args(PretrainAlgo))}, got {cfg.algo!r}")
     _check(cfg.learner.cql.calibrated == (cfg.algo == CALQL),
            "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
-    for name in ("steps", "target_update_every", "num_seeds", "test_interval", "test_episodes",
-                 "final_test_episodes", "checkpoint_interval", "reward_scale"):
+    validate_run(cfg)
+    for name in ("steps", "target_update_every", "test_interval", "checkpoint_interval",
+                 "reward_scale"):
         _positive(name, getattr(cfg, name))
-    _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
 
 
 def to_dict(cfg: Any) -> dict:
