@@ -12,10 +12,9 @@ steps per second of each method over --timed-steps after --warmup-steps, run bac
 process, so that fine-tuning's cost can be compared with QMIX's on the same machine.
 
 Pre-training: MACQL (alpha 5, the defaults of `ovmse pretrain`) for --pretrain-steps gradient
-steps, all seeds vmapped; fine-tuning seed i starts from pre-training seed i. Each method is one
-`ovmse finetune` run with its seeds vmapped. Finished runs in --work-dir are reused, so an
-interrupted benchmark continues where it stopped (an unfinished run resumes from its
-checkpoint). Writes benchmarks/results/finetune_<tag>.json
+steps; fine-tuning seed i starts from pre-training seed i. Each phase is a study cell
+(study/cells.py) in --work-dir: finished cells are read back, so an interrupted benchmark
+continues where it stopped (an unfinished cell resumes from its checkpoint). Writes benchmarks/results/finetune_<tag>.json
 and finetune_<tag>.png (median test win rate and the probe's mean Q_tot vs env steps).
 """
 
@@ -30,20 +29,15 @@ from pathlib import Path
 
 import jax
 
-from ovmse.config import FinetuneConfig, PretrainConfig, TrainConfig, with_overrides
+from ovmse.config import (FinetuneConfig, PretrainConfig, TrainConfig, pretrain_test_interval,
+                          with_overrides)
 from ovmse.methods import finetune_config
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl, write_json
 from ovmse.stats import steps_to_threshold, transition_drop
-from ovmse.train.driver import train
-from ovmse.train.pretrain import pretrain
+from ovmse.study.cells import FinetuneCell, cell_dir, pretrain_cell, run_cell
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def finished(run_dir: Path) -> dict | None:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def main() -> None:
@@ -70,38 +64,36 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work_dir
 
-    pre_dir = work / "pretrain"
-    pre = finished(pre_dir) or pretrain(
-        PretrainConfig(dataset=args.dataset, steps=args.pretrain_steps, num_seeds=args.seeds,
-                       test_interval=max(args.pretrain_steps // 10, 1)),
-        pre_dir, progress=args.progress)
+    pre = pretrain_cell(PretrainConfig(
+        dataset=args.dataset, steps=args.pretrain_steps, num_seeds=args.seeds,
+        test_interval=pretrain_test_interval(args.pretrain_steps)))
+    pre_result = run_cell(pre, work, args.progress)
     if args.throughput:
-        measure_throughput(args, pre_dir)
+        measure_throughput(args, cell_dir(pre, work))
         return
-    offline_win = pre["final_test"]["median_win_rate"]
+    offline_win = pre_result["final_test"]["median_win_rate"]
     print(f"pre-trained: final median win rate {offline_win:.3f} (dataset "
-          f"{pre['dataset']['win_rate']:.3f}), {pre['wall_s']} s", flush=True)
+          f"{pre_result['dataset']['win_rate']:.3f}), {pre_result['wall_s']} s", flush=True)
     base = TrainConfig(steps=args.steps, num_seeds=args.seeds, test_interval=args.test_interval,
-                       finetune=FinetuneConfig(checkpoint=str(pre_dir),
-                                               offline_ratio=args.offline_ratio))
+                       finetune=FinetuneConfig(offline_ratio=args.offline_ratio))
     base = with_overrides(base, parse_overrides(args.set))
     out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                             jax=jax.__version__, device=str(jax.devices()[0]),
                             date=time.strftime("%Y-%m-%d")),
                settings=dict(vars(args), work_dir=str(work), results_dir=None),
-               pretrain=dict(final_test=pre["final_test"], dataset=pre["dataset"],
-                             wall_s=pre["wall_s"]),
+               pretrain=dict(final_test=pre_result["final_test"],
+                             dataset=pre_result["dataset"] | dict(path=pre.config.dataset),
+                             wall_s=pre_result["wall_s"]),
                runs=[])
     for method in args.methods:
-        run_dir = work / method
-        summary = finished(run_dir) or run_method(finetune_config(method, base), run_dir,
-                                                  args.progress)
-        records = read_jsonl(run_dir / "metrics.jsonl")
+        cell = FinetuneCell(pre.task, method, base, pre)
+        result = run_cell(cell, work, args.progress)
+        records = read_jsonl(cell_dir(cell, work) / "metrics.jsonl")
         curve = finetune_curves(records)
         wins = curve["median_win_rate"]
         _, returns = median_curve(records, "test_return")
-        row = dict(method=method, env_steps_per_s=summary["env_steps_per_s"],
-                   wall_s=summary["wall_s"], final_test=summary["final_test"],
+        row = dict(method=method, env_steps_per_s=result["env_steps_per_s"],
+                   wall_s=result["wall_s"], final_test=result["final_test"],
                    drop_at_transition=transition_drop(wins, offline_win),
                    steps_to={str(t): steps_to_threshold(curve["t_env"], wins, t)
                              for t in (0.4, 0.8)},
@@ -129,12 +121,6 @@ def parse_overrides(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             out[key] = text
     return out
-
-
-def run_method(cfg: TrainConfig, run_dir: Path, progress: bool) -> dict:
-    """Train one method's run, or resume it when an earlier benchmark left a checkpoint."""
-    resume = (run_dir / "checkpoint.npz").exists()
-    return train(cfg, run_dir, resume=resume, progress=progress)
 
 
 def measure_throughput(args, pre_dir: Path) -> None:

@@ -208,6 +208,22 @@ def test_every_method_takes_one_update(algo, tiny_pretrained):
     assert int(new.updates) == 1 and np.isfinite(float(metrics.loss))
 
 
+def test_the_trainer_sums_the_terms_its_method_record_names(tiny_pretrained, monkeypatch):
+    import dataclasses
+
+    from ovmse import methods
+    from ovmse.learner import conservative_term, loss_terms, td_term
+
+    cfg = finetune_config("macql", TrainConfig(finetune=FinetuneConfig(
+        checkpoint=str(tiny_pretrained))))
+    assert OnlineTrainer(cfg).terms == loss_terms(cfg.learner) == (td_term, conservative_term)
+    monkeypatch.setitem(methods.REGISTRY, "macql", dataclasses.replace(
+        methods.REGISTRY["macql"], terms="test_learner:_l2_term_added"))
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    terms = OnlineTrainer(cfg).terms
+    assert terms[:2] == (td_term, conservative_term) and terms[2].__name__ == "_l2_term"
+
+
 def test_a_method_setting_given_by_hand_is_refused(tiny_pretrained):
     base = TrainConfig(finetune=FinetuneConfig(checkpoint=str(tiny_pretrained)),
                        learner=LearnerConfig(cql=CqlConfig(alpha=1.0)))

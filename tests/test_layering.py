@@ -16,6 +16,7 @@ ABOVE = {
     "envs": ("ovmse.train", "ovmse.learner", "ovmse.study", "ovmse.datasets"),
     "networks": ("ovmse.train", "ovmse.learner", "ovmse.study", "ovmse.datasets"),
     "train": ("ovmse.study", "ovmse.pipeline", "ovmse.dataset_build", "ovmse.cli"),
+    "study": ("ovmse.pipeline", "ovmse.cli"),
 }
 
 

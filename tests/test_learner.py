@@ -106,3 +106,37 @@ def test_unrolling_only_the_longest_episode_gives_the_same_loss_and_gradient():
     assert float(m_cut.loss) == pytest.approx(float(m_full.loss), rel=1e-5)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_cut)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+
+def _l2_term(values, batch, cfg, key, schedules):
+    """A method's own summand: half the mean squared Q_tot taken (a stand-in regulariser)."""
+    return 0.5 * jnp.mean(values.q_tot ** 2), {}
+
+
+def _l2_term_added(cfg):
+    """A method record's `terms` function: the standard summands, then `_l2_term`."""
+    from ovmse.learner import loss_terms
+
+    return loss_terms(cfg) + (_l2_term,)
+
+
+def test_a_method_s_own_term_is_added_to_the_standard_ones():
+    from ovmse.learner import batch_values, loss_terms
+
+    cfg = LearnerConfig()
+    state = init_learner(jax.random.PRNGKey(0), NETS, cfg)
+    batch = _batch(jax.random.PRNGKey(3))
+    terms = _l2_term_added(cfg)
+    assert terms == loss_terms(cfg) + (_l2_term,)
+    standard, _ = qmix_loss(state.params, state.target_params, NETS, batch, cfg)
+    extended, metrics = qmix_loss(state.params, state.target_params, NETS, batch, cfg,
+                                  terms=terms)
+    values = batch_values(state.params, state.target_params, NETS, batch, cfg)
+    extra = 0.5 * float(jnp.mean(values.q_tot ** 2))
+    assert extra > 1e-6
+    assert float(extended) == pytest.approx(float(standard) + extra, rel=1e-6)
+    assert float(metrics.td_loss) == pytest.approx(float(standard), rel=1e-6)
+    plain = jax.tree.leaves(learner_update(state, batch, NETS, cfg)[0].params)
+    added = jax.tree.leaves(learner_update(state, batch, NETS, cfg, terms=terms)[0].params)
+    assert any(not jnp.allclose(a, b) for a, b in zip(plain, added))

@@ -1,25 +1,43 @@
 """`ovmse run`, the main job, end to end at toy size."""
 
 import json
+from pathlib import Path
 
 from ovmse.cli import main
 
 
 def test_main_job_runs_every_phase_and_prints_the_table(tmp_path, capsys):
     out = tmp_path / "main"
-    assert main(["run", "--pretrain-steps", "4", "--num-samples", "4", "--num-seeds", "1",
-                 "--finetune-steps", "300", "--test-interval", "150", "--no-progress",
-                 "--out", str(out)]) == 0
+    args = ["run", "--pretrain.steps", "4", "--pretrain.learner.cql.num-samples", "4",
+            "--num-seeds", "1", "--finetune.steps", "300", "--finetune.test-interval", "150",
+            "--no-progress", "--out", str(out)]
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert "drop at transition" in printed and "switch-cql" in printed and "ovmse" in printed
     result = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in result["rows"]] == ["ovmse", "switch-cql"]
-    summary = json.loads((out / "pretrain" / "summary.json").read_text())
+    pre_run = Path(result["pretrain_run"])
+    assert pre_run.parent == out / "pretrain"
+    summary = json.loads((pre_run / "summary.json").read_text())
     assert all(r["offline_win_rate"] == summary["final_test"]["median_win_rate"]
                for r in result["rows"])
     assert (out / "offline_to_online.png").stat().st_size > 10_000
-    for phase in ("pretrain", "ovmse", "switch-cql"):
-        assert (out / phase / "checkpoint.npz").exists()
+    assert (pre_run / "checkpoint.npz").exists()   # the cells that start from it need it
+    for row in result["rows"]:
+        run = Path(row["run"])
+        assert run.parent == out / "finetune" and (run / "summary.json").exists()
+        assert json.loads((run / "config.json").read_text())["steps"] == 300
+    # Run again into the same folder: every phase is read back, nothing retrained.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/summary.json")}
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["rows"] == result["rows"]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/summary.json")} == stamps
+
+
+def test_a_phase_copy_of_a_shared_field_is_refused(tmp_path, capsys):
+    assert main(["run", "--pretrain.num-seeds", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "give --num-seeds" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_unknown_baseline_is_refused(tmp_path, capsys):

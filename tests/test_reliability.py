@@ -271,13 +271,17 @@ def test_an_interrupted_start_removes_the_run_folder(tmp_path, monkeypatch):
 
 # 4. Every flag an error message suggests is one that a command accepts.
 
+FLAG = r"--[a-z][a-z0-9.-]*[a-z0-9]"
+"""A long option, nested ones included (`ovmse run --pretrain.steps`)."""
+
+
 def _help_flags() -> set[str]:
     flags = set()
     for group in GROUPS:   # the group helps: `ovmse --help` names --version
         out = io.StringIO()
         with redirect_stdout(out), pytest.raises(SystemExit):
             main([*([group] if group else []), "--help"])
-        flags |= set(re.findall(r"--[a-z][a-z0-9-]*", out.getvalue()))
+        flags |= set(re.findall(FLAG, out.getvalue()))
     for group, commands in GROUPS.items():
         for name in commands:
             if not group and name in GROUPS:
@@ -285,7 +289,7 @@ def _help_flags() -> set[str]:
             out = io.StringIO()
             with redirect_stdout(out), pytest.raises(SystemExit):
                 main([*([group] if group else []), name, "--help"])
-            flags |= set(re.findall(r"--[a-z][a-z0-9-]*", out.getvalue()))
+            flags |= set(re.findall(FLAG, out.getvalue()))
     return flags
 
 
@@ -294,7 +298,7 @@ def _flags_in_source_strings() -> dict[str, str]:
     for path in (ROOT / "src" / "ovmse").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9.-]*[a-z0-9]", node.value):
+                for flag in re.findall(r"(?<![\w-])" + FLAG, node.value):
                     found.setdefault(flag, str(path.relative_to(ROOT)))
     return found
 

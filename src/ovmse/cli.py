@@ -635,6 +635,12 @@ def log_settings(cmd):
     return LogSettings(tensorboard=cmd.tensorboard, wandb_project=cmd.wandb)
 
 
+NESTED_FLAGS = (Run,)
+"""Commands whose nested options keep their section's prefix (`ovmse run --pretrain.steps`,
+`--finetune.explore.eps-anneal-steps`: both phases have a `steps`); the others' flags are the
+field names alone (`ovmse finetune --lam-anneal-steps`)."""
+
+
 SAVED_CONFIG = {"train": TrainConfig, "pretrain": PretrainConfig}
 """Commands that start a new run from a saved config.json (--config)."""
 
@@ -671,10 +677,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd = _with_saved_config(argv)
         else:
             cmd = tyro.extras.subcommand_cli_from_dict(
-                {name: cls for name, (cls, _) in commands.items()}, args=argv,
-                prog=f"ovmse {group}".strip(),
-                description=DESCRIPTIONS[group],
-                config=(tyro.conf.OmitArgPrefixes,))
+                {name: cls if cls in NESTED_FLAGS else tyro.conf.OmitArgPrefixes[cls]
+                 for name, (cls, _) in commands.items()}, args=argv,
+                prog=f"ovmse {group}".strip(), description=DESCRIPTIONS[group])
         handler = next(run for cls, run in commands.values() if type(cmd) is cls)
         code = handler(cmd)
         sys.stdout.flush()  # a closed pipe shows here, not at exit

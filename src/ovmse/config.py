@@ -242,30 +242,57 @@ class PretrainConfig(RunConfig):
                                    learner=dataclasses.replace(self.learner, cql=cql))
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    """`ovmse run`: the offline-to-online pipeline at a CPU-sized scale (pipeline.py)."""
+def _pipeline_pretrain() -> PretrainConfig:
+    return PretrainConfig(steps=500, test_interval=pretrain_test_interval(500),
+                          learner=LearnerConfig(cql=CqlConfig(alpha=5.0, num_samples=32)))
 
+
+def _pipeline_finetune() -> TrainConfig:
+    return TrainConfig(steps=50_000, test_interval=2_500,
+                       explore=ExplorationConfig(eps_anneal_steps=25_000),
+                       learner=LearnerConfig(memory=MemoryConfig(lam_anneal_steps=50_000)))
+
+
+@dataclass(frozen=True)
+class PipelineConfig(RunConfig):
+    """`ovmse run`: the offline-to-online pipeline at a CPU-sized scale (pipeline.py). The run
+    fields (seed, seeds, test episodes) are both phases'; each phase's own settings are its
+    config's (--pretrain.steps, --finetune.steps, ...)."""
+
+    num_seeds: int = 2
+    """Seeds of both phases (fine-tuning seed i starts from pre-training seed i)."""
     dataset: str = "3m/medium"
     """Dataset folder or map/quality name to pre-train on (the shipped 3m medium by default)."""
     baseline: str = "switch-cql"
     """The method fine-tuned beside OVMSE (any of `ovmse finetune --algo`)."""
-    num_seeds: int = 2
-    """Seeds, vmapped in every phase."""
-    pretrain_steps: int = 500
-    """Gradient steps of MACQL pre-training (3m medium reaches the data's win rate in ~250)."""
-    alpha: float = 5.0
-    """CQL weight of pre-training (CFCQL's MACQL)."""
-    num_samples: int = 32
-    """Joint actions sampled by the CQL term (fewer than CFCQL's 100, for a CPU-sized run)."""
-    finetune_steps: int = 50_000
-    """Env steps of each fine-tuning run."""
-    eps_anneal_steps: int = 25_000
-    """Env steps of the exploration anneal online (scaled down with the budget)."""
-    lam_anneal_steps: int = 50_000
-    """Env steps of OVM's memory-weight anneal (scaled down with the budget)."""
-    test_interval: int = 2_500
-    """Env steps between greedy tests online."""
+    pretrain: PretrainConfig = field(default_factory=_pipeline_pretrain)
+    """MACQL pre-training: 500 gradient steps (3m medium reaches the data's win rate in ~250),
+    tested ten times (over --pretrain.steps, unless --pretrain.test-interval is given), alpha 5 (CFCQL's MACQL) with 32 sampled joint actions (CFCQL: 100; fewer
+    for a CPU-sized run). Its dataset and run fields are the pipeline's."""
+    finetune: TrainConfig = field(default_factory=_pipeline_finetune)
+    """The fine-tuning base of both methods (methods.finetune_config: the method and the
+    checkpoint set the map, networks, exploration kind, OVM and CQL): 50k env steps, tested
+    every 2,500, exploration and OVM's lam annealed over 25k and 50k steps (scaled down with
+    the budget). Its run fields are the pipeline's."""
+
+    def phases(self) -> tuple[PretrainConfig, TrainConfig]:
+        """The pre-training config and the fine-tuning base, with the pipeline's dataset and
+        run fields; pre-training is tested ten times over its steps unless given its own
+        --pretrain.test-interval. UserError when a phase's own copy of them was set (--pretrain.num-seeds:
+        give --num-seeds)."""
+        run = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)}
+        shared = dict(pretrain=(self.pretrain, _pipeline_pretrain(), dict(run, dataset=self.dataset)),
+                      finetune=(self.finetune, _pipeline_finetune(), run))
+        for phase, (given, default, fields) in shared.items():
+            for name in fields:
+                _check(getattr(given, name) == getattr(default, name),
+                       f"--{phase}.{name.replace('_', '-')} is the pipeline's; give "
+                       f"--{name.replace('_', '-')}")
+        pretrain = dataclasses.replace(self.pretrain, **shared["pretrain"][2])
+        if pretrain.test_interval == _pipeline_pretrain().test_interval:
+            pretrain = dataclasses.replace(
+                pretrain, test_interval=pretrain_test_interval(pretrain.steps))
+        return pretrain, dataclasses.replace(self.finetune, **run)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -172,22 +172,24 @@ NO_SCHEDULES = Schedules(epsilon=jnp.zeros(()), lam=jnp.zeros(()), learn=jnp.one
 
 def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: EpisodeBatch,
               cfg: LearnerConfig, key: jax.Array | None = None,
-              memory: OfflineMemory | None = None,
-              schedules: Schedules | None = None) -> tuple[jax.Array, UpdateMetrics]:
-    """The loss of one update: the sum of `loss_terms(cfg)` on the batch's values:
+              memory: OfflineMemory | None = None, schedules: Schedules | None = None,
+              terms: tuple[LossTerm, ...] | None = None) -> tuple[jax.Array, UpdateMetrics]:
+    """The loss of one update: the sum of `terms` (default `loss_terms(cfg)`) on the batch's
+    values:
       TD loss (eq. 8): mean over real transitions of (Q_tot(tau_t, a_t) - y_t)^2, y the
         TD(lambda) target from the target network (td_lambda = 0 is eq. 8 exactly), with the
         action-proposal bootstrap when cfg.action_proposal;
       or, when cfg.memory.use_memory, the OVM loss of eq. 5 with weight schedules.lam (eq. 6),
         its memory Qbar_offline(tau, a) from memory.target_params (no gradient reaches it);
       plus cfg.cql.alpha times the regulariser of eq. 9 (eq. 10; `key` draws its samples).
+    A method's own terms (methods.Method.terms) set metrics by UpdateMetrics field name.
     Returns (loss, metrics)."""
     values = batch_values(params, target_params, nets, batch, cfg, memory)
     schedules = NO_SCHEDULES if schedules is None else schedules
     zero = jnp.zeros(())
     metrics = dict(cql=zero, memory_q=zero, memory_wins=zero)
     loss = None
-    for term in loss_terms(cfg):
+    for term in loss_terms(cfg) if terms is None else terms:
         part, term_metrics = term(values, batch, cfg, key, schedules)
         loss = part if loss is None else loss + part
         metrics.update(term_metrics)
@@ -200,11 +202,12 @@ def qmix_loss(params: dict, target_params: dict, nets: QmixNetworks, batch: Epis
 
 def learner_update(state: LearnerState, batch: EpisodeBatch, nets: QmixNetworks,
                    cfg: LearnerConfig, key: jax.Array | None = None,
-                   memory: OfflineMemory | None = None,
-                   schedules: Schedules | None = None) -> tuple[LearnerState, UpdateMetrics]:
+                   memory: OfflineMemory | None = None, schedules: Schedules | None = None,
+                   terms: tuple[LossTerm, ...] | None = None
+                   ) -> tuple[LearnerState, UpdateMetrics]:
     """One gradient step of `qmix_loss` on a batch of episodes."""
     grads, metrics = jax.grad(qmix_loss, has_aux=True)(
-        state.params, state.target_params, nets, batch, cfg, key, memory, schedules)
+        state.params, state.target_params, nets, batch, cfg, key, memory, schedules, terms)
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics._replace(grad_norm=optax.tree.norm(grads))

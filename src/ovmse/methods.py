@@ -61,6 +61,11 @@ class Method:
     """"module:function" giving the online phase's step-dependent settings,
     `(TrainConfig, t_env) -> schedules.Schedules` (exploration rate, update gate, loss
     weights); named, not imported, so that reading the records needs no JAX."""
+    terms: str = "ovmse.learner:loss_terms"
+    """"module:function" giving the summands of its online loss,
+    `(LearnerConfig) -> tuple[learner.LossTerm, ...]`: the standard one is TD or OVM, then CQL,
+    as `loss` and `cql` set the config; a method with a term of its own names a function that
+    adds it."""
 
     @property
     def from_scratch(self) -> bool:
@@ -73,8 +78,17 @@ class Method:
 
     def schedule_function(self):
         """The function `schedules` names, imported."""
-        module, name = self.schedules.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _imported(self.schedules)
+
+    def terms_function(self):
+        """The function `terms` names, imported."""
+        return _imported(self.terms)
+
+
+def _imported(name: str):
+    """The object a "module:attribute" name names."""
+    module, attribute = name.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 OVMSE = Method("ovmse", "ovm", "sequential", "macql", study_cql_online=True)

@@ -9,6 +9,9 @@ baseline (same checkpoint, seeds and budget), then print a table and write a fig
   steps to 0.8         first env step at which the median test win rate reaches 0.8
 The figure has the median test win rate vs env steps of both methods and, beside it, the
 unlearning probe (mean Q_tot of each method's network on the offline policy's own episodes).
+
+The phases are the study's cells (study/cells.py), run into OUT/pretrain/ and OUT/finetune/:
+run again into the same OUT, a finished phase is read back and an interrupted one resumes.
 """
 
 from __future__ import annotations
@@ -16,57 +19,56 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, PipelineConfig,
-                          PretrainConfig, TrainConfig, pretrain_test_interval)
-from ovmse.methods import finetune_config
+from ovmse.config import PipelineConfig
+from ovmse.errors import UserError
+from ovmse.methods import OVMSE, REGISTRY
 from ovmse.metrics_log import LogSettings
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl, write_json
 from ovmse.stats import steps_to_threshold, transition_drop
-from ovmse.train.driver import train
-from ovmse.train.pretrain import pretrain
+from ovmse.study.cells import (FinetuneCell, PretrainCell, cell_dir, data_fingerprint,
+                               pretrain_cell, run_cell)
 
 
-def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
-                 log: LogSettings = LogSettings()) -> dict:
-    """Run every phase into `out` (pretrain/, ovmse/, <baseline>/) and return the results
-    table as a dict (also written to out/results.json)."""
-    from ovmse.errors import UserError
-    from ovmse.methods import OVMSE, REGISTRY
-
+def pipeline_cells(cfg: PipelineConfig) -> tuple[PretrainCell, list[FinetuneCell]]:
+    """The pre-training cell and the fine-tuning cells (OVMSE, then the baseline) of `cfg`.
+    UserError for an unknown baseline, a missing dataset or a phase's copy of a shared field."""
     if cfg.baseline not in REGISTRY or REGISTRY[cfg.baseline] is OVMSE:
         raise UserError(f"baseline must be one of "
                         f"{', '.join(m for m, r in REGISTRY.items() if r is not OVMSE)}, got "
                         f"{cfg.baseline!r}")
+    pre_cfg, base = cfg.phases()
+    pre = pretrain_cell(pre_cfg)
+    return pre, [FinetuneCell(pre.task, m, base, pre) for m in (OVMSE.name, cfg.baseline)]
+
+
+def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
+                 log: LogSettings = LogSettings()) -> dict:
+    """Run every phase into `out` and return the results table as a dict (also written to
+    out/results.json). UserError when `out` holds this pre-training computed on other data."""
     out = Path(out)
-    pre_cfg = PretrainConfig(
-        dataset=cfg.dataset, steps=cfg.pretrain_steps, num_seeds=cfg.num_seeds,
-        test_interval=pretrain_test_interval(cfg.pretrain_steps),
-        learner=LearnerConfig(cql=CqlConfig(alpha=cfg.alpha, num_samples=cfg.num_samples)))
-    pre = pretrain(pre_cfg, out / "pretrain", progress=progress, log=log)
-    base = TrainConfig(steps=cfg.finetune_steps, num_seeds=cfg.num_seeds,
-                       test_interval=cfg.test_interval,
-                       finetune=FinetuneConfig(checkpoint=str(out / "pretrain")))
-    base = dataclasses.replace(
-        base, explore=dataclasses.replace(base.explore, eps_anneal_steps=cfg.eps_anneal_steps),
-        learner=dataclasses.replace(base.learner, memory=dataclasses.replace(
-            base.learner.memory, lam_anneal_steps=cfg.lam_anneal_steps)))
-    offline_win = pre["final_test"]["median_win_rate"]
+    pre, cells = pipeline_cells(cfg)
+    pre_result = run_cell(pre, out, progress, log)
+    if pre_result["dataset_fingerprint"] != data_fingerprint(pre.config.dataset):
+        raise UserError(f"{cell_dir(pre, out)} was pre-trained on other data than "
+                        f"{pre.config.dataset}; give a new --out")
+    offline_win = pre_result["final_test"]["median_win_rate"]
     rows = []
-    for method in (OVMSE.name, cfg.baseline):
-        summary = train(finetune_config(method, base), out / method, progress=progress,
-                        log=log)
-        records = read_jsonl(out / method / "metrics.jsonl")
+    for cell in cells:
+        result = run_cell(cell, out, progress, log)
+        records = read_jsonl(cell_dir(cell, out) / "metrics.jsonl")
         steps, wins = median_curve(records, "test_win_rate")
-        rows.append(dict(method=method, offline_win_rate=offline_win,
-                         finetuned_win_rate=summary["final_test"]["median_win_rate"],
+        rows.append(dict(method=cell.method, offline_win_rate=offline_win,
+                         finetuned_win_rate=result["final_test"]["median_win_rate"],
                          drop_at_transition=transition_drop(wins, offline_win),
                          steps_to_0_8=steps_to_threshold(steps, wins, 0.8),
-                         wall_s=summary["wall_s"]))
-    result = dict(dataset=pre["dataset"], seeds=cfg.num_seeds, rows=rows,
-                  pretrain_wall_s=pre["wall_s"], config=dataclasses.asdict(cfg))
+                         wall_s=result["wall_s"], run=str(cell_dir(cell, out))))
+    result = dict(dataset=pre_result["dataset"] | dict(path=pre.config.dataset),
+                  seeds=cfg.num_seeds, rows=rows, pretrain_wall_s=pre_result["wall_s"],
+                  pretrain_run=str(cell_dir(pre, out)), config=dataclasses.asdict(cfg))
     write_json(out / "results.json", result)
-    plot_pipeline(out, [r["method"] for r in rows], offline_win, out / "offline_to_online.png")
+    plot_pipeline({cell.method: cell_dir(cell, out) for cell in cells}, offline_win,
+                  out / "offline_to_online.png")
     return result
 
 
@@ -84,7 +86,8 @@ def format_results(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_pipeline(out: Path, methods: list[str], offline_win: float, path: Path) -> None:
-    curves = {m: finetune_curves(read_jsonl(out / m / "metrics.jsonl")) for m in methods}
+def plot_pipeline(runs: dict[str, Path], offline_win: float, path: Path) -> None:
+    """The figure of fine-tuning runs {method: run folder} from one pre-training."""
+    curves = {m: finetune_curves(read_jsonl(run / "metrics.jsonl")) for m, run in runs.items()}
     plot_finetune_curves(curves, offline_win, "fine-tuning from the same pre-trained networks",
                          path)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ovmse.config import PretrainConfig, TrainConfig, to_dict
 from ovmse.errors import UserError
+from ovmse.metrics_log import LogSettings
 from ovmse.methods import Method, finetune_config, foreign_options, method as method_record
 from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
@@ -103,11 +104,13 @@ def cell_dir(cell: Cell, work_dir: Path) -> Path:
     return Path(work_dir) / kind / f"{cell.name}-{cell.key}"
 
 
-def run_cell(cell: Cell, work_dir: Path, progress: bool = False) -> dict:
-    """Run (or resume, or read back) one cell and return its result dict."""
+def run_cell(cell: Cell, work_dir: Path, progress: bool = False,
+             log: LogSettings = LogSettings()) -> dict:
+    """Run (or resume, or read back) one cell and return its result dict; `log`: where its
+    metrics go besides metrics.jsonl."""
     if isinstance(cell, PretrainCell):
-        return _run_pretrain(cell, Path(work_dir), progress)
-    return _run_finetune(cell, Path(work_dir), progress)
+        return _run_pretrain(cell, Path(work_dir), progress, log)
+    return _run_finetune(cell, Path(work_dir), progress, log)
 
 
 def _fresh_or_resumable(run_dir: Path) -> bool:
@@ -120,7 +123,8 @@ def _fresh_or_resumable(run_dir: Path) -> bool:
     return False
 
 
-def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool) -> dict:
+def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool,
+                  log: LogSettings) -> dict:
     from ovmse.train.offline import pretrained_checkpoint
     from ovmse.train.pretrain import pretrain
 
@@ -130,7 +134,7 @@ def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool) -> dict:
         summary = read_json(summary_path)
     else:
         summary = pretrain(cell.config, run_dir, resume=_fresh_or_resumable(run_dir),
-                           progress=progress)
+                           progress=progress, log=log)
     config = read_json(run_dir / "config.json")
     del config["dataset"]
     return dict(kind="pretrain", key=cell.key, name=cell.name, task=cell.task,
@@ -151,7 +155,8 @@ def pretrained_run(cell: PretrainCell, work_dir: Path) -> Path:
     return run_dir
 
 
-def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool) -> dict:
+def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
+                  log: LogSettings) -> dict:
     from ovmse.train.driver import train
 
     base = dataclasses.replace(cell.base, finetune=dataclasses.replace(
@@ -162,7 +167,8 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool) -> dict:
     if summary_path.exists():
         summary = read_json(summary_path)
     else:
-        summary = train(cfg, run_dir, resume=_fresh_or_resumable(run_dir), progress=progress)
+        summary = train(cfg, run_dir, resume=_fresh_or_resumable(run_dir), progress=progress,
+                        log=log)
     # A finished fine-tuning state is GBs (its replay buffer: ~1.5 GB per seed on 2s3z) and the
     # result needs only summary.json and metrics.jsonl; policies/ keeps the snapshots.
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
@@ -189,6 +195,19 @@ def _curves(records: list[dict], x: str, keys: tuple[str, ...]) -> dict:
         for k in keys:
             seed[k].append(r.get(k))
     return out
+
+
+def pretrain_cell(config: PretrainConfig) -> PretrainCell:
+    """The cell of a pre-training config on any dataset (a folder or a map/quality name): its
+    task is the dataset's map/quality, its dataset the located folder. UserError when there is
+    no dataset there."""
+    from ovmse.datasets.locate import locate_dataset
+    from ovmse.datasets.store import read_metadata
+
+    dataset = locate_dataset(config.dataset)
+    meta = read_metadata(Path(dataset))
+    return PretrainCell(f"{meta['map']}/{meta['quality']}",
+                        dataclasses.replace(config, dataset=dataset))
 
 
 def data_fingerprint(dataset: str) -> str:

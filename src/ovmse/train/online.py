@@ -84,7 +84,10 @@ class OnlineTrainer:
         self.env = make_env(cfg.env.map, cfg.env.episode_limit, cfg.env.reward_scale)
         self.spec = self.env.spec
         self.nets = make_networks(self.spec, cfg.network)
-        self._schedules = method(cfg.finetune.method).schedule_function()
+        record = method(cfg.finetune.method)
+        self._schedules = record.schedule_function()
+        self.terms = record.terms_function()(cfg.learner)
+        """The summands of the online loss (the method record's `terms`)."""
         self.init = compiler.jit(jax.vmap(self._init_one))
         self._init_pretrained = compiler.jit(jax.vmap(self._init_pretrained_one))
         self.probe_values = compiler.jit(jax.vmap(self._probe_value_one))
@@ -211,7 +214,7 @@ class OnlineTrainer:
 
         def update(learner, batch, key, memory, schedules):
             return learner_update(learner, batch, self.nets, self.cfg.learner, key, memory,
-                                  schedules)
+                                  schedules, self.terms)
 
         def one_update(learners, batch_and_keys):
             batch, keys = batch_and_keys
