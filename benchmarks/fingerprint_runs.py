@@ -5,12 +5,12 @@ bit-identical on one machine (issue 16: the committed study must stay valid).
     python benchmarks/fingerprint_runs.py --out /tmp/after.json --compare /tmp/before.json
 
 Runs, on the shipped 3m medium (tiny networks, 2 seeds): MACQL and MACal-QL pre-training, then
-fine-tuning from them with every method of `ovmse finetune --algo`, plus ovmse with CQL kept
-online and ovmse with offline data mixed in. Per run it records the SHA-256 of its metrics
-(every record but the wall time, floats as stored in metrics.jsonl), of its final test, and of its
-final networks (every seed's parameters, read back from the checkpoint or the last policy
-snapshot). Equal fingerprints mean equal numbers to the last bit; --compare names the runs that
-differ and exits 1.
+fine-tuning from them with every method of `ovmse finetune --algo` (wsrl warming up for 300 of
+its 600 steps), plus ovmse with CQL kept online and ovmse with offline data mixed in. Per run it
+records the SHA-256 of its metrics (every record but the wall time, floats as stored in
+metrics.jsonl), of its final test, and of its final networks (every seed's parameters, read
+back from the checkpoint or the last policy snapshot). Equal fingerprints mean equal numbers to
+the last bit; --compare names the runs that differ and exits 1.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from ovmse.config import (CqlConfig, FinetuneConfig, LearnerConfig, MemoryConfig, NetworkConfig,
                           PretrainConfig, TrainConfig)
-from ovmse.methods import METHODS, finetune_config
+from ovmse.methods import METHODS, finetune_config, own_options
 from ovmse.runs import read_json, read_jsonl, write_json
 from ovmse.train.driver import train
 from ovmse.train.pretrain import pretrain
@@ -76,13 +76,14 @@ def _finetune(out: Path, algo: str, checkpoint: Path, cql_online=False, mix=0.0)
     base = TrainConfig(steps=600, num_envs=4, num_seeds=2, test_interval=200, test_episodes=4,
                        final_test_episodes=8, checkpoint_interval=200,
                        finetune=FinetuneConfig(checkpoint=str(checkpoint), offline_ratio=mix,
-                                               probe_episodes=4))
+                                               probe_episodes=4, warmup_steps=300))
     base = dataclasses.replace(
         base, explore=dataclasses.replace(base.explore, eps_anneal_steps=500),
         learner=dataclasses.replace(base.learner, batch_size=8, buffer_size=32,
                                     target_update_interval=16, length_buckets=2,
                                     memory=MemoryConfig(lam_anneal_steps=300)))
-    train(finetune_config(algo, base, cql_online=cql_online), out, progress=False)
+    train(finetune_config(algo, own_options(algo, base), cql_online=cql_online), out,
+          progress=False)
     last = sorted((out / "policies").glob("chunk_*.npz"))[-1]
     with np.load(last) as z:
         arrays = [z[k] for k in sorted(z.files) if k.startswith("leaf_")]

@@ -1,6 +1,8 @@
 """Datasets: round trip, damage detection, refusal of foreign data, atomic writes, cards, mixing,
 collection and the build rule at toy size."""
 
+import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -204,6 +206,79 @@ def test_build_writes_every_quality_by_the_rule(toy_build):
         assert meta["episodes"] == 6 and meta["provenance"]["behaviour_epsilon"] == 0.05
         assert (out / quality / "generator.npz").is_file()
     assert store.read_metadata(out / "random")["provenance"]["behaviour_epsilon"] == 1.0
+def _card(dataset: Path, to: Path, generator: bool = True) -> Path:
+    to.mkdir(parents=True)
+    shutil.copy(dataset / "dataset.json", to)
+    if generator and (dataset / "generator.npz").exists():
+        shutil.copy(dataset / "generator.npz", to)
+    return to
+
+
+@pytest.mark.parametrize("quality", ["random", "medium"])
+def test_a_card_collects_its_dataset_again_array_for_array(toy_build, tmp_path, quality, capsys):
+    out, _ = toy_build
+    card = _card(out / quality, tmp_path / "card")
+    assert not (card / "vault").exists()
+    assert main(["dataset", "recollect", str(card), "--out", str(tmp_path / "again"),
+                 "--no-progress"]) == 0
+    assert "the same arrays" in capsys.readouterr().out
+    again = verify_dataset(tmp_path / "again")
+    assert again["array_sha256"] == store.read_metadata(out / quality)["array_sha256"]
+    assert again["provenance"]["recollected_from"] == str(card)
+
+
+def test_a_medium_replay_card_trains_the_source_run_again_to_its_snapshot(toy_build, tmp_path,
+                                                                          capsys):
+    import tempfile
+
+    from ovmse.config import TrainConfig, from_dict
+    from ovmse.dataset_build import replay_buffer_episodes
+    from ovmse.runs import read_json
+
+    out, _ = toy_build   # its medium snapshot is chunk 0 (no replay): take chunk 1's buffer
+    run = out / "source-run"
+    cfg = from_dict(TrainConfig, read_json(run / "config.json"))
+    with tempfile.TemporaryDirectory() as work:
+        batch, info = replay_buffer_episodes(cfg, 1, Path(work))
+    spec = make_env("3m", cfg.env.episode_limit, cfg.env.reward_scale).spec
+    write_dataset(tmp_path / "mr", batch, spec, "medium-replay", dict(seed=0, **info),
+                  extra_files={"generator.npz": run / "policies" / "chunk_00001.npz"})
+    card = _card(tmp_path / "mr", tmp_path / "card")
+    assert main(["dataset", "recollect", str(card), "--out", str(tmp_path / "again"),
+                 "--no-progress"]) == 0
+    assert "the same arrays" in capsys.readouterr().out
+    again = verify_dataset(tmp_path / "again")
+    assert again["episodes"] == info["episodes_kept"] > 0
+    assert again["array_sha256"] == store.read_metadata(tmp_path / "mr")["array_sha256"]
+
+
+def test_a_card_that_does_not_match_its_episodes_is_named_and_the_copy_kept(toy_build,
+                                                                          tmp_path, capsys):
+    out, _ = toy_build
+    card = _card(out / "expert", tmp_path / "card")
+    meta = json.loads((card / "dataset.json").read_text())
+    meta["array_sha256"]["actions"] = "0" * 64
+    (card / "dataset.json").write_text(json.dumps(meta))
+    assert main(["dataset", "recollect", str(card), "--out", str(tmp_path / "again"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from" in err and "in actions (" in err and err.count("\n") == 1
+    verify_dataset(tmp_path / "again")   # kept, whole
+
+
+def test_a_card_without_its_generator_or_onto_an_existing_folder_is_refused(toy_build,
+                                                                            tmp_path, capsys):
+    out, _ = toy_build
+    card = _card(out / "medium", tmp_path / "card", generator=False)
+    assert main(["dataset", "recollect", str(card), "--out", str(tmp_path / "a")]) == 2
+    assert "has no generator.npz" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "a").mkdir()
+    card = _card(out / "medium", tmp_path / "card2")
+    assert main(["dataset", "recollect", str(card), "--out", str(tmp_path / "a")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
 
 
 def test_medium_replay_is_every_episode_stored_until_the_medium_snapshot(toy_build, tmp_path):

@@ -3,6 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
+from ovmse.config import FinetuneConfig, PipelineConfig, TrainConfig
+from ovmse.methods import own_options
+from ovmse.pipeline import pipeline_cells
+
 from ovmse.cli import main
 
 
@@ -44,3 +50,32 @@ def test_unknown_baseline_is_refused(tmp_path, capsys):
     assert main(["run", "--baseline", "dqn", "--out", str(tmp_path / "x")]) == 2
     assert "baseline must be one of" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--finetune.env.map", "2s3z"], "map is set by the method (ovmse)"),
+    (["--finetune.learner.cql.alpha", "3"], "cql is set by the method (ovmse)"),
+    (["--finetune.finetune.warmup-steps", "10"], "an option of a method this run does not"),
+    (["--finetune.finetune.checkpoint", "x"], "leave out --finetune.finetune.checkpoint"),
+    (["--pretrain.learner.memory.use-memory"], "pre-training has no offline memory"),
+    (["--finetune.steps", "-1"], "steps must be > 0"),
+])
+def test_every_setting_is_checked_before_pre_training_starts(tmp_path, capsys, args, message):
+    assert main(["run", *args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_offline_data_mixing_is_accepted_before_the_checkpoint_exists():
+    cfg = PipelineConfig(finetune=TrainConfig(finetune=FinetuneConfig(offline_ratio=0.1)))
+    assert all(c.base.finetune.offline_ratio == 0.1 for c in pipeline_cells(cfg)[1])
+
+
+def test_an_option_of_the_baseline_goes_to_the_baseline_only():
+    cfg = PipelineConfig(baseline="wsrl", finetune=TrainConfig(
+        steps=50_000, test_interval=2_500, finetune=FinetuneConfig(warmup_steps=1000)))
+    pre, (ovmse, wsrl) = pipeline_cells(cfg)
+    assert (ovmse.method, wsrl.method) == ("ovmse", "wsrl")
+    assert wsrl.base.finetune.warmup_steps == 1000
+    assert own_options("ovmse", ovmse.base).finetune.warmup_steps == 5000

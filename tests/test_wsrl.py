@@ -122,3 +122,21 @@ def test_finetune_cli_runs_wsrl(tiny_pretrained, tmp_path):
                  "--batch-size", "4", "--buffer-size", "32", "--length-buckets", "2",
                  "--probe-episodes", "2", "--no-progress", "--out", str(run)]) == 0
     assert (run / "summary.json").exists()
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about(tiny_pretrained, tmp_path, capsys):
+    assert main(["finetune", "--checkpoint", str(tiny_pretrained), "--algo", "wsrl",
+                 "--warmup-steps", "300", "--steps", "300", "--num-envs", "4",
+                 "--test-interval", "300", "--test-episodes", "4", "--final-test-episodes", "4",
+                 "--batch-size", "4", "--buffer-size", "32", "--length-buckets", "2",
+                 "--probe-episodes", "2", "--no-progress", "--out", str(tmp_path / "w")]) == 0
+    assert "allows no gradient update up to the run's 300 env steps" in capsys.readouterr().err
+
+
+def test_a_shared_base_gives_each_method_its_own_options_only(tiny_pretrained):
+    from ovmse.methods import own_options
+
+    base = TrainConfig(finetune=FinetuneConfig(checkpoint=str(tiny_pretrained),
+                                               warmup_steps=10))
+    assert finetune_config("ovmse", own_options("ovmse", base)).finetune.warmup_steps == 5000
+    assert own_options("wsrl", base) == base

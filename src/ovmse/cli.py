@@ -5,7 +5,8 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
     ovmse pretrain ...               offline MACQL / MACal-QL on a dataset (train/pretrain.py)
     ovmse finetune ...               online fine-tuning: OVMSE and the baselines (methods.py)
     ovmse run ...                    the whole pipeline at small scale (pipeline.py)
-    ovmse dataset build|collect|info|verify|mix|export|import ...   offline datasets (datasets/)
+    ovmse dataset build|collect|recollect|info|verify|mix|export|import ...
+                                     offline datasets (datasets/)
     ovmse experiment run|report|export SPEC ...       the study (study/; results in experiments/)
 """
 
@@ -356,6 +357,34 @@ def run_dataset_verify(cmd: DatasetVerify) -> int:
 
 
 @dataclass(frozen=True)
+class DatasetRecollect:
+    """Make a dataset again from its card (its dataset.json and generator.npz: datasets-cards/),
+    checking that the arrays are the card's: random, medium and expert in seconds, medium-replay
+    by training the source run again to its medium snapshot."""
+
+    card: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CARD")]
+    """A dataset folder or its card (datasets-cards/<map>/<quality>)."""
+    out: Path | None = None
+    """Dataset folder to write (default: datasets-build/<map>/<quality>)."""
+    overwrite: bool = False
+    """Replace an existing dataset at --out."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def run_dataset_recollect(cmd: DatasetRecollect) -> int:
+    from ovmse.dataset_build import recollect
+    from ovmse.datasets.store import read_metadata
+
+    card = read_metadata(cmd.card)
+    out = cmd.out or BUILD_ROOT / card["map"] / card["quality"]
+    meta = recollect(cmd.card, out, overwrite=cmd.overwrite, progress=cmd.progress)
+    print(f"{out}: {meta['episodes']} episodes, {meta['transitions']} transitions, the same "
+          f"arrays as {cmd.card}")
+    return 0
+
+
+@dataclass(frozen=True)
 class DatasetMix:
     """Concatenate datasets of the same map into one (quality "mixed")."""
 
@@ -608,6 +637,7 @@ GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
                 "collect": (DatasetCollect, run_dataset_collect),
                 "info": (DatasetInfo, run_dataset_info),
                 "verify": (DatasetVerify, run_dataset_verify),
+                "recollect": (DatasetRecollect, run_dataset_recollect),
                 "mix": (DatasetMix, run_dataset_mix),
                 "export": (DatasetExport, run_dataset_export),
                 "import": (DatasetImport, run_dataset_import)},

@@ -267,8 +267,9 @@ class PipelineConfig(RunConfig):
     """The method fine-tuned beside OVMSE (any of `ovmse finetune --algo`)."""
     pretrain: PretrainConfig = field(default_factory=_pipeline_pretrain)
     """MACQL pre-training: 500 gradient steps (3m medium reaches the data's win rate in ~250),
-    tested ten times (over --pretrain.steps, unless --pretrain.test-interval is given), alpha 5 (CFCQL's MACQL) with 32 sampled joint actions (CFCQL: 100; fewer
-    for a CPU-sized run). Its dataset and run fields are the pipeline's."""
+    tested ten times (over --pretrain.steps, unless --pretrain.test-interval is given), alpha 5
+    (CFCQL's MACQL) with 32 sampled joint actions (CFCQL: 100; fewer for a CPU-sized run). Its
+    dataset and run fields are the pipeline's."""
     finetune: TrainConfig = field(default_factory=_pipeline_finetune)
     """The fine-tuning base of both methods (methods.finetune_config: the method and the
     checkpoint set the map, networks, exploration kind, OVM and CQL): 50k env steps, tested
@@ -278,16 +279,20 @@ class PipelineConfig(RunConfig):
     def phases(self) -> tuple[PretrainConfig, TrainConfig]:
         """The pre-training config and the fine-tuning base, with the pipeline's dataset and
         run fields; pre-training is tested ten times over its steps unless given its own
-        --pretrain.test-interval. UserError when a phase's own copy of them was set (--pretrain.num-seeds:
-        give --num-seeds)."""
+        --pretrain.test-interval. UserError when a phase's own copy of them was set
+        (--pretrain.num-seeds: give --num-seeds) or fine-tuning's checkpoint was."""
         run = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)}
-        shared = dict(pretrain=(self.pretrain, _pipeline_pretrain(), dict(run, dataset=self.dataset)),
-                      finetune=(self.finetune, _pipeline_finetune(), run))
+        shared = dict(
+            pretrain=(self.pretrain, _pipeline_pretrain(), dict(run, dataset=self.dataset)),
+            finetune=(self.finetune, _pipeline_finetune(), run))
         for phase, (given, default, fields) in shared.items():
             for name in fields:
                 _check(getattr(given, name) == getattr(default, name),
                        f"--{phase}.{name.replace('_', '-')} is the pipeline's; give "
                        f"--{name.replace('_', '-')}")
+        _check(not self.finetune.finetune.checkpoint,
+               "fine-tuning starts from the pipeline's own pre-training; leave out "
+               "--finetune.finetune.checkpoint")
         pretrain = dataclasses.replace(self.pretrain, **shared["pretrain"][2])
         if pretrain.test_interval == _pipeline_pretrain().test_interval:
             pretrain = dataclasses.replace(
@@ -392,6 +397,9 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
            f"algo must be {' or '.join(get_args(PretrainAlgo))}, got {cfg.algo!r}")
     _check(cfg.learner.cql.calibrated == (cfg.algo == CALQL),
            "learner.cql.calibrated is set by the algorithm; use --algo macal-ql for Cal-QL")
+    _check(not cfg.learner.memory.use_memory and not cfg.learner.action_proposal,
+           "use_memory and action_proposal are fine-tuning methods' (ovmse finetune --algo); "
+           "pre-training has no offline memory to use")
     validate_run(cfg)
     for name in ("steps", "target_update_every", "test_interval", "checkpoint_interval",
                  "reward_scale"):

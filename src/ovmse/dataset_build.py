@@ -30,7 +30,8 @@ import numpy as np
 from ovmse.buffers.episode import EpisodeBatch
 from ovmse.config import TrainConfig, from_dict, to_dict
 from ovmse.datasets.collect import collect_episodes, greedy_win_rate
-from ovmse.datasets.store import write_dataset
+from ovmse.datasets.store import (GENERATOR_FILE, dataset_fingerprint, read_metadata,
+                                  write_dataset)
 from ovmse.envs import make_env
 from ovmse.errors import UserError
 from ovmse.networks.qmix import QmixNetworks, init_params, make_networks
@@ -137,7 +138,7 @@ def collect_quality(map_name: str, quality: str, out: Path, episodes: int, seed:
         pick = ranking.medium if quality in ("medium", "medium-replay") else ranking.expert
         snapshot = ranking.paths[pick]
         win_rate = ranking.win_rates[pick]
-        extra_files = {"generator.npz": snapshot}
+        extra_files = {GENERATOR_FILE: snapshot}
         if quality == "medium-replay":
             chunk = read_checkpoint_meta(snapshot)["chunk"]
             if chunk == 0:
@@ -158,6 +159,61 @@ def collect_quality(map_name: str, quality: str, out: Path, episodes: int, seed:
                               behaviour_epsilon=epsilon, episodes_per_s=rate)
     return write_dataset(out, batch, env.spec, quality, provenance, overwrite=overwrite,
                          extra_files=extra_files)
+
+
+def recollect(card: Path, out: Path, overwrite: bool = False, progress: bool = False) -> dict:
+    """Make again the dataset that `card` describes: a dataset folder, or its card (its
+    dataset.json and generator.npz alone, a few hundred kB that git can keep where the data
+    cannot). Random, medium and expert are rollouts of a seed (seconds); medium-replay is the
+    source run's replay buffer at its medium snapshot, trained again to that snapshot from the
+    run config the snapshot holds (minutes to an hour: part of the build's training). The same
+    software on the same kind of machine makes the same arrays, which are checked against the
+    card's checksums. Returns the new metadata. UserError for a card without its generator, or
+    a copy whose arrays differ from the card's (the copy is kept at `out`; results computed on
+    the card's data will not accept it: the study compares fingerprints)."""
+    card, out = Path(card), Path(out)
+    meta = read_metadata(card)
+    if out.exists() and not overwrite:   # before minutes of work, not after
+        raise UserError(f"{out} already exists; choose another --out, or pass --overwrite to "
+                        f"replace it")
+    quality, spec, made = meta["quality"], meta["spec"], meta["provenance"]
+    env = make_env(meta["map"], spec["episode_limit"], spec["reward_scale"])
+    extra_files = None
+    generator = card / GENERATOR_FILE
+    if quality != "random":
+        if not generator.is_file():
+            raise UserError(f"{card} has no {GENERATOR_FILE}, the policy that played it (or, "
+                            f"for medium-replay, the snapshot its buffer ends at); copy it "
+                            f"from the dataset folder into the card")
+        extra_files = {GENERATOR_FILE: generator}
+    if quality == "medium-replay":
+        snapshot = read_checkpoint_meta(generator)
+        out.parent.mkdir(parents=True, exist_ok=True)   # the replayed run is GBs: beside out
+        with tempfile.TemporaryDirectory(prefix=".replay-", dir=out.parent) as work:
+            batch, info = replay_buffer_episodes(from_dict(TrainConfig, snapshot["config"]),
+                                                 snapshot["chunk"], Path(work))
+        provenance = dict(made, **info, recollected_from=str(card))
+    else:
+        if quality == "random":
+            nets = make_networks(env.spec, TrainConfig().network)
+            params = init_params(jax.random.PRNGKey(made["seed"]), nets)["agent"]
+        else:
+            nets = make_networks(env.spec, from_dict(
+                TrainConfig, read_checkpoint_meta(generator)["config"]).network)
+            params = load_policy_snapshot(generator, nets)["agent"]
+        batch, rate = collect_episodes(env, nets.agent, params, meta["episodes"],
+                                       made["behaviour_epsilon"], made["seed"],
+                                       progress=progress)
+        provenance = dict(made, episodes_per_s=rate, recollected_from=str(card))
+    new = write_dataset(out, batch, env.spec, quality, provenance, overwrite=overwrite,
+                        extra_files=extra_files)
+    if dataset_fingerprint(new) != dataset_fingerprint(meta):
+        differ = sorted(k for k in meta["array_sha256"]
+                        if new["array_sha256"].get(k) != meta["array_sha256"][k])
+        raise UserError(f"{out} differs from {card} in {', '.join(differ)} (other software or "
+                        f"machine: floats rounded otherwise?); it is kept, but results computed "
+                        f"on the card's data will not accept it (their fingerprint differs)")
+    return new
 
 
 def build_datasets(map_name: str, out: Path, seed: int = 0, steps: int = 500_000,

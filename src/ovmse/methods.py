@@ -128,19 +128,11 @@ def pretrained_config(checkpoint: Path) -> tuple[PretrainConfig, dict]:
     return from_dict(PretrainConfig, meta["config"]), meta
 
 
-def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> TrainConfig:
-    """The TrainConfig of fine-tuning with `algo` from the pre-training run
-    base.finetune.checkpoint (`qmix` takes only the map and network sizes from it).
-
-    From the checkpoint: the map and episode limit, the reward scale, the network sizes, CQL's
-    alpha and estimator. From `base`: everything else (steps, seeds, exploration schedule, OVM
-    schedule, mixing ratio, learner settings). What the method decides (exploration kind, OVM,
-    action proposal, CQL online) must be left at its default in `base`.
-    """
+def check_base(algo: str, base: TrainConfig) -> None:
+    """UserError when `base` sets what fine-tuning with `algo` decides itself (exploration kind,
+    OVM, action proposal, CQL, map, networks: the method and the checkpoint do) or an option of
+    another method. Needs no checkpoint, so a pipeline can check every method's base first."""
     record = method(algo)
-    checkpoint = base.finetune.checkpoint
-    if not checkpoint:
-        raise UserError("give --checkpoint RUN_DIR, a pre-training run (ovmse pretrain)")
     defaults = TrainConfig()
     decided = {"exploration": (base.explore.exploration, defaults.explore.exploration),
                "use_memory": (base.learner.memory.use_memory, False),
@@ -151,12 +143,36 @@ def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> T
                "network": (base.network, defaults.network)}
     for name, (given, default) in decided.items():
         if given != default:
-            raise UserError(f"{name} is set by the method and the checkpoint; leave it out "
-                            f"(--algo {algo}, --checkpoint {checkpoint})")
+            raise UserError(f"{name} is set by the method ({algo}) and the pre-trained "
+                            f"checkpoint; leave it out")
     for name in sorted(foreign_options(record)):
         if getattr(base.finetune, name) != getattr(defaults.finetune, name):
             users = ", ".join(m.name for m in REGISTRY.values() if name in m.options)
             raise UserError(f"{name} is an option of {users}, not of {algo}; leave it out")
+
+
+def own_options(algo: str, base: TrainConfig) -> TrainConfig:
+    """`base` with the options of other methods than `algo` at their defaults: the base of
+    `algo` among several methods fine-tuned from one shared base (a pipeline, a study)."""
+    defaults = TrainConfig().finetune
+    return dataclasses.replace(base, finetune=dataclasses.replace(
+        base.finetune, **{o: getattr(defaults, o) for o in foreign_options(method(algo))}))
+
+
+def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> TrainConfig:
+    """The TrainConfig of fine-tuning with `algo` from the pre-training run
+    base.finetune.checkpoint (`qmix` takes only the map and network sizes from it).
+
+    From the checkpoint: the map and episode limit, the reward scale, the network sizes, CQL's
+    alpha and estimator. From `base`: everything else (steps, seeds, exploration schedule, OVM
+    schedule, mixing ratio, learner settings). What the method decides (exploration kind, OVM,
+    action proposal, CQL online) must be left at its default in `base` (check_base).
+    """
+    record = method(algo)
+    checkpoint = base.finetune.checkpoint
+    if not checkpoint:
+        raise UserError("give --checkpoint RUN_DIR, a pre-training run (ovmse pretrain)")
+    check_base(algo, base)
     pre, meta = pretrained_config(checkpoint)
     spec = meta["spec"]
     keep_cql = record.cql == "kept" or (cql_online and not record.from_scratch)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ovmse.config import PipelineConfig
+from ovmse.config import PipelineConfig, TrainConfig, validate_pretrain, validate_train
 from ovmse.errors import UserError
-from ovmse.methods import OVMSE, REGISTRY
+from ovmse.methods import OVMSE, REGISTRY, check_base, own_options
 from ovmse.metrics_log import LogSettings
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl, write_json
@@ -30,16 +30,35 @@ from ovmse.study.cells import (FinetuneCell, PretrainCell, cell_dir, data_finger
                                pretrain_cell, run_cell)
 
 
+PIPELINE_CHECKPOINT = "(this run's pre-training)"
+"""Stands for the fine-tuning checkpoint while the settings are checked, before it exists."""
+
+
 def pipeline_cells(cfg: PipelineConfig) -> tuple[PretrainCell, list[FinetuneCell]]:
-    """The pre-training cell and the fine-tuning cells (OVMSE, then the baseline) of `cfg`.
-    UserError for an unknown baseline, a missing dataset or a phase's copy of a shared field."""
+    """The pre-training cell and the fine-tuning cells (OVMSE, then the baseline) of `cfg`,
+    every setting checked before anything runs. UserError for an unknown baseline, a missing
+    dataset, a phase's copy of a shared field, an invalid value, a setting the methods decide,
+    or an option of a method not fine-tuned here."""
     if cfg.baseline not in REGISTRY or REGISTRY[cfg.baseline] is OVMSE:
         raise UserError(f"baseline must be one of "
                         f"{', '.join(m for m, r in REGISTRY.items() if r is not OVMSE)}, got "
                         f"{cfg.baseline!r}")
     pre_cfg, base = cfg.phases()
+    methods = (OVMSE.name, cfg.baseline)
+    unread = ({o for r in REGISTRY.values() for o in r.options}
+              - {o for m in methods for o in REGISTRY[m].options})
+    defaults = TrainConfig().finetune
+    for name in sorted(unread):
+        if getattr(base.finetune, name) != getattr(defaults, name):
+            raise UserError(f"{name} is an option of a method this run does not fine-tune; "
+                            f"leave it out, or choose that method as --baseline")
+    validate_pretrain(pre_cfg.resolved())
+    validate_train(dataclasses.replace(base, finetune=dataclasses.replace(
+        base.finetune, checkpoint=PIPELINE_CHECKPOINT)))   # the checkpoint comes later
+    for m in methods:   # before pre-training, not once its checkpoint is there
+        check_base(m, own_options(m, base))
     pre = pretrain_cell(pre_cfg)
-    return pre, [FinetuneCell(pre.task, m, base, pre) for m in (OVMSE.name, cfg.baseline)]
+    return pre, [FinetuneCell(pre.task, m, base, pre) for m in methods]
 
 
 def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
@@ -48,14 +67,14 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
     out/results.json). UserError when `out` holds this pre-training computed on other data."""
     out = Path(out)
     pre, cells = pipeline_cells(cfg)
-    pre_result = run_cell(pre, out, progress, log)
+    pre_result = _run(pre, out, progress, log)
     if pre_result["dataset_fingerprint"] != data_fingerprint(pre.config.dataset):
         raise UserError(f"{cell_dir(pre, out)} was pre-trained on other data than "
                         f"{pre.config.dataset}; give a new --out")
     offline_win = pre_result["final_test"]["median_win_rate"]
     rows = []
     for cell in cells:
-        result = run_cell(cell, out, progress, log)
+        result = _run(cell, out, progress, log)
         records = read_jsonl(cell_dir(cell, out) / "metrics.jsonl")
         steps, wins = median_curve(records, "test_win_rate")
         rows.append(dict(method=cell.method, offline_win_rate=offline_win,
@@ -70,6 +89,13 @@ def run_pipeline(cfg: PipelineConfig, out: Path, progress: bool = True,
     plot_pipeline({cell.method: cell_dir(cell, out) for cell in cells}, offline_win,
                   out / "offline_to_online.png")
     return result
+
+
+def _run(cell, out: Path, progress: bool, log: LogSettings) -> dict:
+    """run_cell, saying when the cell's finished run is read back rather than trained."""
+    if (cell_dir(cell, out) / "summary.json").exists():
+        print(f"{cell.name}: finished in {cell_dir(cell, out)}, read back", flush=True)
+    return run_cell(cell, out, progress, log)
 
 
 def format_results(result: dict) -> str:

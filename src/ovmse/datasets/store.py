@@ -40,6 +40,8 @@ from ovmse.runs import current_umask, json_text
 FORMAT = "ovmse-dataset"
 FORMAT_VERSION = 1
 VAULT_DIR = "vault"
+GENERATOR_FILE = "generator.npz"
+"""A policy dataset's generating snapshot, copied into its folder."""
 
 
 def _sha256_bytes(data: bytes) -> str:

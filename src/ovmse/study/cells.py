@@ -25,7 +25,8 @@ from pathlib import Path
 from ovmse.config import PretrainConfig, TrainConfig, to_dict
 from ovmse.errors import UserError
 from ovmse.metrics_log import LogSettings
-from ovmse.methods import Method, finetune_config, foreign_options, method as method_record
+from ovmse.methods import (Method, finetune_config, foreign_options, method as method_record,
+                           own_options)
 from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
 KEY_VERSION = 1
@@ -161,7 +162,7 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
 
     base = dataclasses.replace(cell.base, finetune=dataclasses.replace(
         cell.base.finetune, checkpoint=str(pretrained_run(cell.pretrain, work_dir))))
-    cfg = finetune_config(cell.method, base, cell.cql_online)
+    cfg = finetune_config(cell.method, own_options(cell.method, base), cell.cql_online)
     run_dir = cell_dir(cell, work_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():

@@ -98,6 +98,11 @@ class OnlineProgram:
             test_win_rate=[r["test_win_rate"] for r in records]))
 
     def started(self, records: list[dict]) -> None:
+        if not bool(self.trainer.schedules(jnp.int32(self.cfg.steps - 1)).learn):
+            warn_user(f"this method's schedule allows no gradient update up to the run's "
+                      f"{self.cfg.steps} env steps (a warm-up as long as the run?): expect no "
+                      f"learning at all; give more steps or a shorter warm-up")
+            return
         warn_if_few_updates(self.cfg, self.trainer.offline_share(),
                             float(np.mean([r["test_ep_length"] for r in records])))
 
