@@ -145,10 +145,16 @@ def check_base(algo: str, base: TrainConfig) -> None:
         if given != default:
             raise UserError(f"{name} is set by the method ({algo}) and the pre-trained "
                             f"checkpoint; leave it out")
-    for name in sorted(foreign_options(record)):
-        if getattr(base.finetune, name) != getattr(defaults.finetune, name):
-            users = ", ".join(m.name for m in REGISTRY.values() if name in m.options)
-            raise UserError(f"{name} is an option of {users}, not of {algo}; leave it out")
+    for name in sorted(options_set(base) & foreign_options(record)):
+        users = ", ".join(m.name for m in REGISTRY.values() if name in m.options)
+        raise UserError(f"{name} is an option of {users}, not of {algo}; leave it out")
+
+
+def options_set(base: TrainConfig) -> set[str]:
+    """The methods' options (Method.options) that `base` sets to other than their defaults."""
+    defaults = TrainConfig().finetune
+    return {o for m in REGISTRY.values() for o in m.options
+            if getattr(base.finetune, o) != getattr(defaults, o)}
 
 
 def own_options(algo: str, base: TrainConfig) -> TrainConfig:

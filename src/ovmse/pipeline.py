@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ovmse.config import PipelineConfig, TrainConfig, validate_pretrain, validate_train
+from ovmse.config import PipelineConfig, validate_pretrain, validate_train
 from ovmse.errors import UserError
-from ovmse.methods import OVMSE, REGISTRY, check_base, own_options
+from ovmse.methods import OVMSE, REGISTRY, check_base, options_set, own_options
 from ovmse.metrics_log import LogSettings
 from ovmse.plots import finetune_curves, median_curve, plot_finetune_curves
 from ovmse.runs import read_jsonl, write_json
@@ -45,13 +45,9 @@ def pipeline_cells(cfg: PipelineConfig) -> tuple[PretrainCell, list[FinetuneCell
                         f"{cfg.baseline!r}")
     pre_cfg, base = cfg.phases()
     methods = (OVMSE.name, cfg.baseline)
-    unread = ({o for r in REGISTRY.values() for o in r.options}
-              - {o for m in methods for o in REGISTRY[m].options})
-    defaults = TrainConfig().finetune
-    for name in sorted(unread):
-        if getattr(base.finetune, name) != getattr(defaults, name):
-            raise UserError(f"{name} is an option of a method this run does not fine-tune; "
-                            f"leave it out, or choose that method as --baseline")
+    for name in sorted(options_set(base) - {o for m in methods for o in REGISTRY[m].options}):
+        raise UserError(f"{name} is an option of a method this run does not fine-tune; "
+                        f"leave it out, or choose that method as --baseline")
     validate_pretrain(pre_cfg.resolved())
     validate_train(dataclasses.replace(base, finetune=dataclasses.replace(
         base.finetune, checkpoint=PIPELINE_CHECKPOINT)))   # the checkpoint comes later
