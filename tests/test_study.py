@@ -15,7 +15,7 @@ from ovmse.cli import main
 from ovmse.config import (PretrainConfig, TrainConfig, to_dict, validate_pretrain,
                           with_overrides)
 from ovmse.errors import UserError
-from ovmse.methods import foreign_options
+from ovmse.methods import finetune_config, foreign_options, scratch_config
 from ovmse.provenance import code_version
 from ovmse.study import executors
 from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, run_cell
@@ -187,7 +187,7 @@ def test_selecting_tasks_and_methods_keeps_their_starts(tmp_path):
     plan = plan_cells(spec, "cpu", (SHIPPED,))
     part = select(plan, tasks=("3m/expert",), methods=("se", "qmix"))
     assert sorted(c.name for c in part.finetune) == ["3m-expert-se", "3m-qmix"]
-    assert [c.name for c in part.pretrain] == ["pretrain-3m-medium", "pretrain-3m-expert"]
+    assert [c.name for c in part.pretrain] == ["pretrain-3m-expert"]   # qmix needs no run
     assert [c.name for c in select(plan, tasks=("3m/expert",), methods=("se",)).pretrain] == [
         "pretrain-3m-expert"]
     with pytest.raises(UserError, match=r"methods \['dqn'\] are not in this spec"):
@@ -513,6 +513,35 @@ def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(toy_
     assert stored["code"] == code_version() == store.load(pre)["code"]   # which code computed it
     assert sorted(stored["curves"]) == ["0", "1"] and stored["curves"]["0"]["t_env"][0] == 0
     assert comparable(run_cell(cell, work)) == comparable(stored)  # read back, not rerun
+
+
+def test_qmix_runs_without_a_pretraining_run_in_the_config_a_checkpoint_would_give(toy_study,
+                                                                                 tmp_path):
+    """A from-scratch cell needs no pre-training: --methods qmix runs one cell and nothing else,
+    in the config finetune_config reads from the finished pre-training of the same task."""
+    spec, _, work, _ = toy_study
+    both = toy_spec(tmp_path, methods=("ovmse", "qmix"))
+    store = ResultStore(tmp_path / "results")
+    counts = run_study(both, "cpu", store, tmp_path / "work", LocalExecutor(progress=False),
+                       (SHIPPED,), log=lambda _: None, methods=("qmix",))
+    assert counts == dict(cached=0, ran=1, running_elsewhere=0)
+    assert not (tmp_path / "work" / "pretrain").exists()
+    (cell,) = select(plan_cells(both, "cpu", (SHIPPED,)), methods=("qmix",)).finetune
+    assert cell.start is None and store.load(cell)["pretrain_key"] is None
+    (pre,) = plan_cells(spec, "cpu", (SHIPPED,)).pretrain
+    assert pre.key == cell.pretrain.key
+    from_checkpoint = finetune_config("qmix", dataclasses.replace(
+        cell.base, finetune=dataclasses.replace(cell.base.finetune,
+                                                checkpoint=str(cell_dir(pre, work)))))
+    assert scratch_config("qmix", cell.base, cell.pretrain.config) == from_checkpoint
+    ran = to_dict(from_checkpoint)
+    ran["finetune"]["checkpoint"] = ran["finetune"]["dataset"] = None   # as results store it
+    assert store.load(cell)["config"] == ran
+
+
+def test_scratch_config_refuses_a_method_that_starts_from_a_pretraining():
+    with pytest.raises(UserError, match="ovmse starts from a pre-training run"):
+        scratch_config("ovmse", TrainConfig(), PretrainConfig())
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")   # Ray starts its processes

@@ -174,13 +174,34 @@ def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> T
     schedule, mixing ratio, learner settings). What the method decides (exploration kind, OVM,
     action proposal, CQL online) must be left at its default in `base` (check_base).
     """
-    record = method(algo)
     checkpoint = base.finetune.checkpoint
     if not checkpoint:
         raise UserError("give --checkpoint RUN_DIR, a pre-training run (ovmse pretrain)")
     check_base(algo, base)
     pre, meta = pretrained_config(checkpoint)
-    spec = meta["spec"]
+    return _method_config(method(algo), base, pre, meta["spec"], cql_online)
+
+
+def scratch_config(algo: str, base: TrainConfig, pre: PretrainConfig) -> TrainConfig:
+    """The TrainConfig of `algo`, a method that starts from scratch (qmix), equal to what
+    finetune_config gives it from a finished pre-training of `pre`, without that run: the map
+    and episode limit come from the card of pre.dataset, the reward scale and network sizes
+    from `pre`. UserError when `algo` starts from a pre-training or the dataset is missing."""
+    from ovmse.datasets.locate import locate_dataset
+    from ovmse.datasets.store import read_metadata
+
+    record = method(algo)
+    if not record.from_scratch:
+        raise UserError(f"{algo} starts from a pre-training run; give its checkpoint")
+    check_base(algo, base)
+    spec = read_metadata(Path(locate_dataset(pre.dataset)))["spec"]
+    return _method_config(record, base, pre, spec)
+
+
+def _method_config(record: Method, base: TrainConfig, pre: PretrainConfig, spec: dict,
+                   cql_online: bool = False) -> TrainConfig:
+    """finetune_config's work once the pre-training's config and map `spec` (map_name,
+    episode_limit) are known."""
     keep_cql = record.cql == "kept" or (cql_online and not record.from_scratch)
     cql = (dataclasses.replace(pre.learner.cql, calibrated=record.calibrated_start) if keep_cql
            else CqlConfig())
@@ -189,7 +210,8 @@ def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> T
         memory=dataclasses.replace(base.learner.memory, use_memory=record.loss == "ovm"))
     explore = dataclasses.replace(base.explore, exploration=record.exploration)
     finetune = dataclasses.replace(
-        base.finetune, method=algo, checkpoint="" if record.from_scratch else checkpoint,
+        base.finetune, method=record.name,
+        checkpoint="" if record.from_scratch else base.finetune.checkpoint,
         dataset=base.finetune.dataset or (pre.dataset if base.finetune.offline_ratio > 0
                                           else ""))
     env = EnvConfig(map=spec["map_name"], episode_limit=spec["episode_limit"],

@@ -26,7 +26,7 @@ from ovmse.config import PretrainConfig, TrainConfig, to_dict
 from ovmse.errors import UserError
 from ovmse.metrics_log import LogSettings
 from ovmse.methods import (Method, finetune_config, foreign_options, method as method_record,
-                           own_options)
+                           own_options, scratch_config)
 from ovmse.runs import CHECKPOINT_FILE, read_json, read_jsonl
 
 KEY_VERSION = 1
@@ -73,6 +73,12 @@ class FinetuneCell:
     @property
     def record(self) -> Method:
         return method_record(self.method)
+
+    @property
+    def start(self) -> PretrainCell | None:
+        """The pre-training cell whose checkpoint this cell starts from; None from scratch
+        (qmix reads only the map, sizes and reward scale of `pretrain`, from its config)."""
+        return None if self.record.from_scratch else self.pretrain
 
     @property
     def key(self) -> str:
@@ -160,9 +166,13 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
                   log: LogSettings) -> dict:
     from ovmse.train.driver import train
 
-    base = dataclasses.replace(cell.base, finetune=dataclasses.replace(
-        cell.base.finetune, checkpoint=str(pretrained_run(cell.pretrain, work_dir))))
-    cfg = finetune_config(cell.method, own_options(cell.method, base), cell.cql_online)
+    base = own_options(cell.method, cell.base)
+    if cell.start is None:
+        cfg = scratch_config(cell.method, base, cell.pretrain.config)
+    else:
+        cfg = finetune_config(cell.method, dataclasses.replace(base, finetune=dataclasses.replace(
+            base.finetune, checkpoint=str(pretrained_run(cell.start, work_dir)))),
+            cell.cql_online)
     run_dir = cell_dir(cell, work_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
@@ -178,7 +188,7 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
     return dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,
                 method=cell.method, cql_online=cell.cql_online,
                 offline_ratio=cell.base.finetune.offline_ratio,
-                pretrain_key=None if cell.record.from_scratch else cell.pretrain.key,
+                pretrain_key=cell.start and cell.start.key,
                 config=config, final_test=summary["final_test"], wall_s=summary["wall_s"],
                 env_steps_per_s=summary["env_steps_per_s"], device=summary.get("device"),
                 code=summary.get("code"),

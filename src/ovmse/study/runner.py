@@ -78,8 +78,9 @@ def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS
 
 
 def require_data(plan: Plan, roots: tuple[Path, ...]) -> None:
-    """UserError naming the build command for the first pre-training cell without a dataset."""
-    for cell in plan.pretrain:
+    """UserError naming the build command for the first pre-training cell without a dataset
+    (also those that from-scratch cells read their map from)."""
+    for cell in plan.pretrain + [c.pretrain for c in plan.finetune]:
         if not cell.config.dataset:
             map_name, quality = cell.task.split("/")
             raise UserError(
@@ -108,7 +109,7 @@ def select(plan: Plan, tasks: tuple[str, ...] = (), methods: tuple[str, ...] = (
 
     finetune = [c for c in plan.finetune
                 if keep_task(c) and (not methods or c.method in methods)]
-    starts = {c.pretrain.key for c in finetune}
+    starts = {c.start.key for c in finetune if c.start}
     pretrain = [c for c in plan.pretrain if c.key in starts or (keep_task(c) and not methods)]
     return Plan(pretrain, finetune)
 
@@ -130,7 +131,7 @@ def run_study(spec: Spec, scale_name: str, store: ResultStore, work_dir: Path, e
     plan = select(plan_cells(spec, scale_name, roots), tasks, methods)
     require_data(plan, roots)
     todo = [c for c in plan.finetune if not store.has(c)]
-    needed = {c.pretrain.key for c in todo}
+    needed = {c.start.key for c in todo if c.start}
     for cell in plan.pretrain:
         _check_same_data(cell, store)
     pre_todo = [c for c in plan.pretrain if _to_run(c, store, work_dir, needed)]
@@ -184,7 +185,7 @@ class Gate:
     def start(self, cell: Cell) -> bool:
         """True when this runner now holds `cell`'s claim and the cell still has to run (then
         `finish` must follow); False, with one log line, when it must be skipped."""
-        start = getattr(cell, "pretrain", None)
+        start = getattr(cell, "start", None)
         if start is not None and start.key in self.elsewhere and self.to_run(start):
             return self._skip(cell, f"it starts from {start.name}, which is running elsewhere")
         if not self.claims.acquire(cell):
