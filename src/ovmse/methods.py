@@ -174,12 +174,13 @@ def finetune_config(algo: str, base: TrainConfig, cql_online: bool = False) -> T
     schedule, mixing ratio, learner settings). What the method decides (exploration kind, OVM,
     action proposal, CQL online) must be left at its default in `base` (check_base).
     """
+    record = method(algo)
     checkpoint = base.finetune.checkpoint
     if not checkpoint:
         raise UserError("give --checkpoint RUN_DIR, a pre-training run (ovmse pretrain)")
     check_base(algo, base)
     pre, meta = pretrained_config(checkpoint)
-    return _method_config(method(algo), base, pre, meta["spec"], cql_online)
+    return _method_config(record, base, pre, meta["spec"], cql_online)
 
 
 def scratch_config(algo: str, base: TrainConfig, pre: PretrainConfig) -> TrainConfig:

@@ -80,7 +80,7 @@ def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS
 def require_data(plan: Plan, roots: tuple[Path, ...]) -> None:
     """UserError naming the build command for the first pre-training cell without a dataset
     (also those that from-scratch cells read their map from)."""
-    for cell in plan.pretrain + [c.pretrain for c in plan.finetune]:
+    for cell in plan.pretrain + [c.pretrain for c in plan.finetune if c.start is None]:
         if not cell.config.dataset:
             map_name, quality = cell.task.split("/")
             raise UserError(
