@@ -178,8 +178,8 @@ def test_a_cell_held_elsewhere_is_skipped_with_its_dependants_and_counted(study)
     other.release(plan.pretrain[0])
     ovmse = next(c for c in plan.finetune if c.method == "ovmse")
     assert other.acquire(ovmse)
-    assert run(spec, store, work) == dict(cached=0, ran=2, running_elsewhere=1)
-    assert names(calls) == ["pretrain-3m-medium", "3m-qmix"]
+    assert run(spec, store, work) == dict(cached=1, ran=1, running_elsewhere=1)   # qmix: above
+    assert names(calls) == ["3m-qmix", "pretrain-3m-medium"]
     assert not store.has(ovmse)
 
 
