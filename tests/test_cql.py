@@ -264,23 +264,30 @@ def _whole_array_joint_push_down(key, agent_q, avail, weights, reference, num_sa
 
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_joint_push_down_step_by_step_equals_the_whole_array_computation(calibrated):
+    """Same arithmetic, checked in float64: in float32 the two forms sum the K samples' terms in
+    different orders (one contraction per step vs one over all steps) and their gradients differ
+    by float32 rounding, ~5e-6 relative on this machine's CPU; in float64 any difference beyond
+    rounding (~1e-15) is a real one."""
     t, b, n, a, e, k = 6, 5, 3, 4, 8, 16
-    keys = jax.random.split(jax.random.PRNGKey(7), 8)
-    agent_q = jax.random.normal(keys[0], (t, b, n, a))
-    avail = jax.random.uniform(keys[1], (t, b, n, a)) > 0.4
-    weights = MixerWeights(w1=jnp.abs(jax.random.normal(keys[2], (t, b, n, e))),
-                           b1=jax.random.normal(keys[3], (t, b, e)),
-                           w2=jnp.abs(jax.random.normal(keys[4], (t, b, e))),
-                           v=jax.random.normal(keys[5], (t, b)))
-    reference = (jax.random.normal(keys[6], (t, b)) if calibrated
-                 else jnp.full((t, b), -jnp.inf))
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.PRNGKey(7), 8)
+        agent_q = jax.random.normal(keys[0], (t, b, n, a), dtype=jnp.float64)
+        avail = jax.random.uniform(keys[1], (t, b, n, a)) > 0.4
+        weights = MixerWeights(
+            w1=jnp.abs(jax.random.normal(keys[2], (t, b, n, e), dtype=jnp.float64)),
+            b1=jax.random.normal(keys[3], (t, b, e), dtype=jnp.float64),
+            w2=jnp.abs(jax.random.normal(keys[4], (t, b, e), dtype=jnp.float64)),
+            v=jax.random.normal(keys[5], (t, b), dtype=jnp.float64))
+        reference = (jax.random.normal(keys[6], (t, b), dtype=jnp.float64) if calibrated
+                     else jnp.full((t, b), -jnp.inf, dtype=jnp.float64))
 
-    def value_and_grad(fn):
-        def total(agent_q, weights):
-            return jnp.sum(jnp.sin(fn(keys[7], agent_q, avail, weights, reference, k)))
-        return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(agent_q, weights)
+        def value_and_grad(fn):
+            def total(agent_q, weights):
+                return jnp.sum(jnp.sin(fn(keys[7], agent_q, avail, weights, reference, k)))
+            return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(agent_q, weights)
 
-    new, old = value_and_grad(joint_push_down), value_and_grad(_whole_array_joint_push_down)
+        new, old = value_and_grad(joint_push_down), value_and_grad(_whole_array_joint_push_down)
     assert float(new[0]) != 0.0
     for got, want in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
