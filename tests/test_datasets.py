@@ -20,6 +20,7 @@ from ovmse.datasets.store import load_dataset, verify_dataset, write_dataset
 from ovmse.envs import make_env
 from ovmse.errors import UserError
 from ovmse.networks.qmix import init_params, make_networks
+from ovmse.runs import device_name
 
 ENV = make_env("3m", episode_limit=25)
 NETS = make_networks(ENV.spec, NetworkConfig(agent_hidden_dim=8))
@@ -206,6 +207,8 @@ def test_build_writes_every_quality_by_the_rule(toy_build):
         assert meta["episodes"] == 6 and meta["provenance"]["behaviour_epsilon"] == 0.05
         assert (out / quality / "generator.npz").is_file()
     assert store.read_metadata(out / "random")["provenance"]["behaviour_epsilon"] == 1.0
+    for quality in ("random", "medium", "expert"):   # which CPU rounded its floats
+        assert store.read_metadata(out / quality)["provenance"]["made_on"] == device_name()
 def _card(dataset: Path, to: Path, generator: bool = True) -> Path:
     to.mkdir(parents=True)
     shutil.copy(dataset / "dataset.json", to)
@@ -262,7 +265,9 @@ def test_a_card_that_does_not_match_its_episodes_is_named_and_the_copy_kept(toy_
     assert main(["dataset", "recollect", str(card), "--out", str(tmp_path / "again"),
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "differs from" in err and "in actions (" in err and err.count("\n") == 1
+    assert "differs from" in err and err.count("\n") == 1
+    # both machines named: here the same one (the card's checksum was altered by hand)
+    assert f"in actions: made on {device_name()}, the card on {device_name()} (" in err
     verify_dataset(tmp_path / "again")   # kept, whole
 
 

@@ -33,3 +33,17 @@ def test_without_a_checkout_only_the_version(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "CHECKOUT", tmp_path)
     assert provenance.code_version.__wrapped__() == dict(version=ovmse.__version__, commit=None,
                                                          dirty=None)
+
+
+def test_the_cpu_is_named_with_its_widest_vector_instructions(tmp_path):
+    x86 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n"
+           "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512ifma\n\n"
+           "processor\t: 1\nmodel name\t: another\nflags\t\t: sse4_2\n")
+    (tmp_path / "x86").write_text(x86)
+    assert provenance.cpu_model(tmp_path / "x86") == "AMD EPYC 9B14 (avx512)"
+    (tmp_path / "older").write_text(x86.replace(" avx512f avx512ifma", ""))
+    assert provenance.cpu_model(tmp_path / "older") == "AMD EPYC 9B14 (avx2)"
+    (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n"
+                                  "Features\t: fp asimd evtstrm aes\n")
+    assert provenance.cpu_model(tmp_path / "arm").endswith("(neon)")
+    assert provenance.cpu_model(tmp_path / "missing") != ""   # no such file: platform's name

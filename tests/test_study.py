@@ -17,8 +17,9 @@ from ovmse.config import (PretrainConfig, TrainConfig, to_dict, validate_pretrai
 from ovmse.errors import UserError
 from ovmse.methods import finetune_config, foreign_options, scratch_config
 from ovmse.provenance import code_version
+from ovmse.runs import device_name
 from ovmse.study import executors
-from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, run_cell
+from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, data_fingerprint, run_cell
 from ovmse.study.executors import LocalExecutor
 from ovmse.study.report import build_report
 from ovmse.study.runner import plan_cells, require_data, run_study, select
@@ -509,8 +510,9 @@ def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(toy_
     assert not (finished / "checkpoint.npz").exists()
     assert (finished / "summary.json").is_file() and (finished / "metrics.jsonl").is_file()
     stored = store.load(cell)
-    assert stored["device"] == "cpu" and stored["method"] == "ovmse"
+    assert stored["device"] == device_name() and stored["method"] == "ovmse"
     assert stored["code"] == code_version() == store.load(pre)["code"]   # which code computed it
+    assert stored["dataset_fingerprint"] == data_fingerprint(pre.config.dataset)  # which data
     assert sorted(stored["curves"]) == ["0", "1"] and stored["curves"]["0"]["t_env"][0] == 0
     assert comparable(run_cell(cell, work)) == comparable(stored)  # read back, not rerun
 

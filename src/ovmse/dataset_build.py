@@ -35,7 +35,8 @@ from ovmse.datasets.store import (GENERATOR_FILE, dataset_fingerprint, read_meta
 from ovmse.envs import make_env
 from ovmse.errors import UserError
 from ovmse.networks.qmix import QmixNetworks, init_params, make_networks
-from ovmse.runs import CHECKPOINT_FILE, load_checkpoint, read_checkpoint_meta, read_json, write_json
+from ovmse.runs import (CHECKPOINT_FILE, device_name, load_checkpoint, read_checkpoint_meta,
+                        read_json, write_json)
 from ovmse.snapshots import list_policy_snapshots, load_policy_snapshot
 from ovmse.train.driver import train
 from ovmse.train.online import OnlineTrainer
@@ -123,7 +124,8 @@ def collect_quality(map_name: str, quality: str, out: Path, episodes: int, seed:
     cfg = _run_config(run_dir, map_name) if run_dir is not None else TrainConfig()
     env = make_env(map_name, cfg.env.episode_limit, cfg.env.reward_scale)
     nets = make_networks(env.spec, cfg.network)
-    base = dict(seed=seed, source_run=str(run_dir) if run_dir else None)
+    base = dict(seed=seed, source_run=str(run_dir) if run_dir else None,
+                made_on=device_name())
     extra_files = None
     if quality == "random":
         params = init_params(jax.random.PRNGKey(seed), nets)["agent"]
@@ -192,7 +194,7 @@ def recollect(card: Path, out: Path, overwrite: bool = False, progress: bool = F
         with tempfile.TemporaryDirectory(prefix=".replay-", dir=out.parent) as work:
             batch, info = replay_buffer_episodes(from_dict(TrainConfig, snapshot["config"]),
                                                  snapshot["chunk"], Path(work))
-        provenance = dict(made, **info, recollected_from=str(card))
+        provenance = dict(made, **info, recollected_from=str(card), made_on=device_name())
     else:
         if quality == "random":
             nets = make_networks(env.spec, TrainConfig().network)
@@ -204,15 +206,19 @@ def recollect(card: Path, out: Path, overwrite: bool = False, progress: bool = F
         batch, rate = collect_episodes(env, nets.agent, params, meta["episodes"],
                                        made["behaviour_epsilon"], made["seed"],
                                        progress=progress)
-        provenance = dict(made, episodes_per_s=rate, recollected_from=str(card))
+        provenance = dict(made, episodes_per_s=rate, recollected_from=str(card),
+                          made_on=device_name())
     new = write_dataset(out, batch, env.spec, quality, provenance, overwrite=overwrite,
                         extra_files=extra_files)
     if dataset_fingerprint(new) != dataset_fingerprint(meta):
         differ = sorted(k for k in meta["array_sha256"]
                         if new["array_sha256"].get(k) != meta["array_sha256"][k])
-        raise UserError(f"{out} differs from {card} in {', '.join(differ)} (other software or "
-                        f"machine: floats rounded otherwise?); it is kept, but results computed "
-                        f"on the card's data will not accept it (their fingerprint differs)")
+        card_machine = made.get("made_on", "a machine it does not record")
+        raise UserError(f"{out} differs from {card} in {', '.join(differ)}: made on "
+                        f"{device_name()}, the card on {card_machine} "
+                        f"(floats round otherwise on other CPUs and software, and rollouts "
+                        f"diverge); it is kept, but results computed on the card's data will not "
+                        f"accept it (their fingerprint differs)")
     return new
 
 

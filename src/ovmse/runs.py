@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from ovmse.errors import UserError
+from ovmse.provenance import cpu_model
 
 CHECKPOINT_FILE = "checkpoint.npz"
 CHECKPOINT_FORMAT = "ovmse-checkpoint"
@@ -125,12 +126,13 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def device_name() -> str:
-    """Where this process computes, for summaries: "cpu" or e.g. "gpu: NVIDIA H100 80GB HBM3".
-    One config and seed gives different numbers on CPU and GPU (floating-point order differs
-    and the trajectories diverge), so a run records its own."""
+    """Where this process computes, for summaries: e.g. "cpu: AMD EPYC (avx512)" or
+    "gpu: NVIDIA H100 80GB HBM3". One config and seed gives different numbers on CPU and GPU,
+    and on CPUs of other kinds (floating-point order and fused multiply-adds differ, and the
+    trajectories diverge: docs/datasets.md), so a run records its own."""
     device = jax.devices()[0]
     if device.platform == "cpu":
-        return "cpu"
+        return f"cpu: {cpu_model()}"
     return f"{device.platform}: {device.device_kind}"
 
 

@@ -165,14 +165,19 @@ def pretrained_run(cell: PretrainCell, work_dir: Path) -> Path:
 def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
                   log: LogSettings) -> dict:
     from ovmse.train.driver import train
+    from ovmse.train.offline import pretrained_checkpoint
 
     base = own_options(cell.method, cell.base)
+    fingerprint = None
     if cell.start is None:
         cfg = scratch_config(cell.method, base, cell.pretrain.config)
     else:
+        start = pretrained_run(cell.start, work_dir)
         cfg = finetune_config(cell.method, dataclasses.replace(base, finetune=dataclasses.replace(
-            base.finetune, checkpoint=str(pretrained_run(cell.start, work_dir)))),
-            cell.cql_online)
+            base.finetune, checkpoint=str(start))), cell.cql_online)
+        # the pre-training may have run again (its checkpoint does not outlive its work_dir),
+        # on this machine's copy of the data: which data this fine-tuning's start learned from
+        fingerprint = pretrained_checkpoint(start)[1]["dataset"]["fingerprint"]
     run_dir = cell_dir(cell, work_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
@@ -188,7 +193,7 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
     return dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,
                 method=cell.method, cql_online=cell.cql_online,
                 offline_ratio=cell.base.finetune.offline_ratio,
-                pretrain_key=cell.start and cell.start.key,
+                pretrain_key=cell.start and cell.start.key, dataset_fingerprint=fingerprint,
                 config=config, final_test=summary["final_test"], wall_s=summary["wall_s"],
                 env_steps_per_s=summary["env_steps_per_s"], device=summary.get("device"),
                 code=summary.get("code"),
