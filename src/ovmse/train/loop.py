@@ -97,6 +97,10 @@ def run_program(program: Program, run_dir: Path, from_checkpoint: bool, progress
     `from_checkpoint`: continue from run_dir's checkpoint (its records of later chunks are
     dropped) instead of starting at test 0. UserError (health.check_finite) when a seed's loss
     or networks become non-finite; nothing of that chunk is written."""
+    # The code that runs is the code this process imported: read its commit now (cached for
+    # the process), not when the summary is written hours later, after the checkout may have
+    # moved on.
+    code_version()
     cfg = program.cfg
     if from_checkpoint:
         states, meta = load_checkpoint(run_dir / CHECKPOINT_FILE, program.state_template())
