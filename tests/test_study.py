@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from ovmse.study import executors
 from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, data_fingerprint, run_cell
 from ovmse.study.executors import LocalExecutor
 from ovmse.study.report import build_report
-from ovmse.study.runner import plan_cells, require_data, run_study, select
+from ovmse.study.runner import (PRETRAINING_FILES, plan_cells, require_data, run_study,
+                                 select)
 from ovmse.study.spec import load_spec
 from ovmse.study.store import ResultStore
 
@@ -318,6 +320,59 @@ def test_an_interrupted_study_resumes_without_redoing_finished_cells(tmp_path, m
     assert run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,),
                      log=lambda s: None) == dict(cached=4, ran=0, running_elsewhere=0)
     assert calls == []
+
+
+def test_a_kept_pretraining_run_lets_its_fine_tuning_go_on_without_its_data(tmp_path,
+                                                                          monkeypatch, capsys):
+    spec = toy_spec(tmp_path, methods=("ovmse", "se"))
+    store, work, kept = ResultStore(tmp_path / "results"), tmp_path / "work", tmp_path / "kept"
+    calls = []
+
+    def fake_run(cell, work_dir, progress=False):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(cell.name)
+        run_dir = cell_dir(cell, work_dir)
+        run_dir.mkdir(parents=True)
+        result = fake_result(cell)
+        for name in PRETRAINING_FILES:
+            (run_dir / name).write_text(json.dumps(dict(final_test=result["final_test"])))
+        return result
+
+    monkeypatch.setattr(executors, "run_cell", fake_run)
+    monkeypatch.setattr("ovmse.study.runner.data_fingerprint", lambda path: "f")
+    with pytest.raises(KeyboardInterrupt):   # the sitting ends after one fine-tuning cell
+        run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,), log=lambda s: None)
+    assert calls == ["pretrain-3m-medium", "3m-medium-ovmse"]
+    args = ["experiment", "keep", str(tmp_path / "toy-final_table.toml"), "--results",
+            str(store.root), "--work-dir", str(work), "--kept", str(kept)]
+    assert main(args) == 0
+    pre = plan_cells(spec, "cpu", (SHIPPED,)).pretrain[0]
+    folder = kept / cell_dir(pre, work).name
+    assert f"kept pretrain-3m-medium ({pre.key}): {folder}" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == sorted(PRETRAINING_FILES)
+
+    # another machine: no run folders, and its copy of the data differs or is missing
+    shutil.rmtree(work)
+    monkeypatch.setattr("ovmse.study.runner.data_fingerprint", lambda path: "other data")
+    with pytest.raises(UserError, match="is not the data pretrain-3m-medium was computed on"):
+        run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,), log=lambda s: None)
+    assert not work.exists()   # refused before it wrote anything
+    calls.clear()
+    lines = []
+    counts = run_study(spec, "cpu", store, work, LocalExecutor(), (tmp_path / "no-data",),
+                       log=lines.append, kept=kept)
+    assert calls == ["3m-medium-se"] and counts == dict(cached=2, ran=1, running_elsewhere=0)
+    assert f"restored pretrain-3m-medium ({pre.key}) from {kept}" in lines
+    assert (cell_dir(pre, work) / "checkpoint.npz").is_file()
+
+    # a kept run that is not the stored result's run is refused, not started from
+    store.save(pre, dict(store.load(pre), final_test=dict(median_win_rate=0.0, win_rate=[0.0])))
+    shutil.rmtree(work)
+    store.path(plan_cells(spec, "cpu", (SHIPPED,)).finetune[1]).unlink()   # se to run again
+    with pytest.raises(UserError, match="is not the run of pretrain-3m-medium's stored result"):
+        run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,), log=lambda s: None,
+                  kept=kept)
 
 
 def test_changed_dataset_is_refused_before_reusing_results(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ docstrings are the --help text. Mistakes the user can fix print one line and exi
     ovmse run ...                    the whole pipeline at small scale (pipeline.py)
     ovmse dataset build|collect|recollect|info|verify|mix|export|import ...
                                      offline datasets (datasets/)
-    ovmse experiment run|report|export SPEC ...       the study (study/; results in experiments/)
+    ovmse experiment run|keep|report|export SPEC ...  the study (study/; results in experiments/)
 """
 
 from __future__ import annotations
@@ -489,6 +489,10 @@ class ExperimentRun:
     """Result cache: one JSON per finished cell, shared by all specs."""
     work_dir: Path = Path("runs/experiments")
     """Run folders (checkpoints, metrics) of the cells."""
+    kept: Path = Path("experiments/pretrained")
+    """Pre-training runs kept by `ovmse experiment keep`: a fine-tuning cell whose pre-training
+    run is not in --work-dir starts from the kept one instead of running it again (and then
+    needs no dataset unless it mixes offline data in)."""
     data_roots: tuple[Path, ...] | None = None
     """Folders searched, in order, for the spec's map/quality datasets (default: the shipped
     datasets, then ./datasets, then ./datasets-build)."""
@@ -536,11 +540,60 @@ def run_experiment(cmd: ExperimentRun) -> int:
                 if cmd.executor == "local" else
                 RayExecutor(cmd.address, cmd.cpus_per_cell, cmd.gpus_per_cell))
     counts = run_study(spec, cmd.scale, store, cmd.work_dir, executor, roots,
-                       tasks=cmd.tasks, methods=cmd.methods)
+                       tasks=cmd.tasks, methods=cmd.methods, kept=cmd.kept)
     elsewhere = (f", {counts['running_elsewhere']} skipped (another runner holds them or their "
                  f"pre-training; run again once it is done)" if counts["running_elsewhere"] else "")
     print(f"{spec.name} ({cmd.scale}): ran {counts['ran']} cells, {counts['cached']} were cached"
           f"{elsewhere}; now `ovmse experiment report {cmd.spec} --scale {cmd.scale}`")
+    return 0
+
+
+@dataclass(frozen=True)
+class ExperimentKeep:
+    """Copy the finished pre-training runs of an experiment's cells (their checkpoints, ~1-1.5
+    MB per seed) into a folder git can keep, so that their fine-tuning cells can start from them
+    in a later sitting or on another machine, where the run folders are gone and the dataset
+    made again may differ (docs/datasets.md, "Cards"); `ovmse experiment run` restores them."""
+
+    spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
+    """Spec name (as for `ovmse experiment run`) or path."""
+    scale: str = "cpu"
+    """Scale of the spec (as for `ovmse experiment run`)."""
+    results: Path = Path("experiments/results")
+    """Result cache written by `ovmse experiment run`."""
+    work_dir: Path = Path("runs/experiments")
+    """Run folders of the cells (as for `ovmse experiment run`)."""
+    kept: Path = Path("experiments/pretrained")
+    """Where the runs are kept (one folder per pre-training cell)."""
+    tasks: tuple[str, ...] = ()
+    """Keep only the pre-training of these map/quality tasks (default: all of the spec's)."""
+    methods: tuple[str, ...] = ()
+    """Keep only the pre-training these methods start from (default: all of the spec's)."""
+
+
+def run_experiment_keep(cmd: ExperimentKeep) -> int:
+    from ovmse.study.cells import cell_dir
+    from ovmse.study.runner import keep_pretraining, plan_cells, select
+    from ovmse.study.spec import load_spec
+    from ovmse.study.store import ResultStore
+
+    spec, store = load_spec(cmd.spec), ResultStore(cmd.results)
+    plan = select(plan_cells(spec, cmd.scale, DATA_ROOTS), cmd.tasks, cmd.methods)
+    kept = []
+    for cell in plan.pretrain:
+        if store.has(cell) and (cell_dir(cell, cmd.work_dir) / "summary.json").exists():
+            folder = keep_pretraining(cell, store, cmd.work_dir, cmd.kept)
+            size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+            print(f"kept {cell.name} ({cell.key}): {folder} ({size:.1f} MB)")
+            kept.append(folder)
+        else:
+            print(f"not kept {cell.name} ({cell.key}): no finished run with a stored result "
+                  f"in {cmd.work_dir}")
+    if not kept:
+        raise UserError(f"no finished pre-training run of {spec.name} ({cmd.scale}) in "
+                        f"{cmd.work_dir} to keep; run `ovmse experiment run` first")
+    print(f"commit {cmd.kept} to keep them past this machine; delete a folder once every "
+          f"fine-tuning cell starting from it is stored")
     return 0
 
 
@@ -642,6 +695,7 @@ GROUPS: dict[str, dict[str, tuple[type, Handler]]] = {
                 "export": (DatasetExport, run_dataset_export),
                 "import": (DatasetImport, run_dataset_import)},
     "experiment": {"run": (ExperimentRun, run_experiment),
+                   "keep": (ExperimentKeep, run_experiment_keep),
                    "report": (ExperimentReport, run_experiment_report),
                    "export": (ExperimentExport, run_experiment_export)},
 }

@@ -5,6 +5,8 @@ sharing a study split its cells between them through per-cell claims (claims.py)
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from ovmse.config import (CALQL, PretrainConfig, TrainConfig, pretrain_test_inte
 from ovmse.datasets.locate import DATA_ROOTS, find_dataset
 from ovmse.errors import UserError
 from ovmse.methods import method as method_record
+from ovmse.runs import CHECKPOINT_FILE, read_json
 from ovmse.study.cells import Cell, FinetuneCell, PretrainCell, cell_dir, data_fingerprint
 from ovmse.study.claims import Claims
 from ovmse.study.spec import Scale, Spec, task_map
@@ -79,8 +82,9 @@ def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS
 
 def require_data(plan: Plan, roots: tuple[Path, ...]) -> None:
     """UserError naming the build command for the first pre-training cell without a dataset
-    (also those that from-scratch cells read their map from)."""
-    for cell in plan.pretrain + [c.pretrain for c in plan.finetune if c.start is None]:
+    (also those that from-scratch cells read their map from, and those whose data fine-tuning
+    cells mix in)."""
+    for cell in plan.pretrain + [c.pretrain for c in plan.finetune if _reads_data(c)]:
         if not cell.config.dataset:
             map_name, quality = cell.task.split("/")
             raise UserError(
@@ -116,11 +120,14 @@ def select(plan: Plan, tasks: tuple[str, ...] = (), methods: tuple[str, ...] = (
 
 def run_study(spec: Spec, scale_name: str, store: ResultStore, work_dir: Path, executor,
               roots: tuple[Path, ...] = DATA_ROOTS, log=print, tasks: tuple[str, ...] = (),
-              methods: tuple[str, ...] = ()) -> dict:
+              methods: tuple[str, ...] = (), kept: Path | None = None) -> dict:
     """Run the cells of `spec` at `scale_name` that `store` lacks (only those on `tasks` and
-    `methods` when given); returns counts {cached, ran, running_elsewhere}. Pre-training cells
-    also rerun when a fine-tuning cell to run needs their checkpoint and `work_dir` no longer
-    has it (the cached result is kept and compared).
+    `methods` when given); returns counts {cached, ran, running_elsewhere}. A fine-tuning cell
+    to run needs its pre-training's checkpoint: when `work_dir` no longer has it, it is
+    restored from `kept` (`keep_pretraining`) if there, else the pre-training cell reruns (the
+    cached result is kept and compared). Datasets are needed by the pre-training cells that
+    run, the from-scratch cells (their map) and the cells that mix offline data in; those
+    pre-training cells' cached results must have been computed on the same data.
 
     Several runners may work on one study at once (processes, machines sharing `work_dir`):
     each cell is claimed (claims.py) right before it starts and released once its result is
@@ -129,12 +136,17 @@ def run_study(spec: Spec, scale_name: str, store: ResultStore, work_dir: Path, e
     count as running_elsewhere (run again once that runner is done). A cell that another runner
     finished between planning and claiming counts as cached and is not rerun."""
     plan = select(plan_cells(spec, scale_name, roots), tasks, methods)
-    require_data(plan, roots)
     todo = [c for c in plan.finetune if not store.has(c)]
     needed = {c.start.key for c in todo if c.start}
     for cell in plan.pretrain:
-        _check_same_data(cell, store)
+        if kept is not None and restore_pretraining(cell, store, work_dir, kept, needed):
+            log(f"restored {cell.name} ({cell.key}) from {kept}")
     pre_todo = [c for c in plan.pretrain if _to_run(c, store, work_dir, needed)]
+    require_data(Plan(pre_todo, todo), roots)
+    mixing = {c.start.key for c in todo if c.start and _reads_data(c)}
+    for cell in plan.pretrain:
+        if cell in pre_todo or cell.key in mixing:   # reruns on, or mixes in, this data
+            _check_same_data(cell, store)
     cached = len(plan.pretrain) + len(plan.finetune) - len(pre_todo) - len(todo)
     log(f"{spec.name} ({scale_name}): {len(pre_todo)} pre-training and {len(todo)} fine-tuning "
         f"cells to run, {cached} cached in {store.root}")
@@ -160,6 +172,70 @@ def run_study(spec: Spec, scale_name: str, store: ResultStore, work_dir: Path, e
             f"pre-training cells they start from; run again once it is done")
     return dict(cached=cached + gate.finished_elsewhere, ran=gate.ran,
                 running_elsewhere=len(gate.elsewhere))
+
+
+def _reads_data(cell: FinetuneCell) -> bool:
+    """Whether a fine-tuning cell reads its task's dataset: from scratch (its map and sizes)
+    or mixing offline data into its batches."""
+    return cell.start is None or cell.base.finetune.offline_ratio > 0
+
+
+PRETRAINING_FILES = ("config.json", "summary.json", "metrics.jsonl", CHECKPOINT_FILE)
+"""What a finished pre-training run folder needs for its cell to be read back and fine-tuned
+from (its TensorBoard files and policy snapshots are left out)."""
+
+
+def keep_pretraining(cell: PretrainCell, store: ResultStore, work_dir: Path,
+                     kept: Path) -> Path:
+    """Copy the finished pre-training run of `cell` (its result stored) from `work_dir` into
+    `kept`/<name>-<key>/ (PRETRAINING_FILES, ~1-1.5 MB per seed), so that its fine-tuning cells
+    can start from it in another sitting or on another machine, whose copy of the dataset may
+    differ (docs/datasets.md, "Cards"). Returns the folder (left as it is when it already
+    holds this run); UserError when the run or its result is missing, or the run is not the
+    one the stored result describes (a rerun with another final test)."""
+    run_dir = cell_dir(cell, work_dir)
+    if not store.has(cell) or not (run_dir / "summary.json").exists():
+        raise UserError(f"{cell.name} ({cell.key}) has no finished run in {work_dir} with a "
+                        f"stored result; run it first (ovmse experiment run)")
+    final_test = store.load(cell)["final_test"]
+    if read_json(run_dir / "summary.json")["final_test"] != final_test:
+        raise UserError(f"{run_dir} is not the run of {cell.name}'s stored result (a rerun "
+                        f"with another final test: other data or another CPU?); not kept")
+    target = Path(kept) / run_dir.name
+    if (target / "summary.json").exists() and (
+            read_json(target / "summary.json")["final_test"] == final_test):
+        return target
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in PRETRAINING_FILES:
+        shutil.copyfile(run_dir / name, staging / name)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
+def restore_pretraining(cell: PretrainCell, store: ResultStore, work_dir: Path, kept: Path,
+                        needed: set[str]) -> bool:
+    """Copy `cell`'s kept run (keep_pretraining) into `work_dir` when a fine-tuning cell to
+    run needs it (`needed`: their pre-training keys) and `work_dir` has no run folder of it (a
+    rerun there, finished or not, is left alone); True if restored. UserError when the kept
+    run is not the one the stored result describes (another final test)."""
+    source = Path(kept) / cell_dir(cell, work_dir).name
+    run_dir = cell_dir(cell, work_dir)
+    if (cell.key not in needed or not store.has(cell) or run_dir.exists()
+            or not (source / "summary.json").exists()):
+        return False
+    if read_json(source / "summary.json")["final_test"] != store.load(cell)["final_test"]:
+        raise UserError(f"the kept run {source} is not the run of {cell.name}'s stored result "
+                        f"(another final test); delete one of them")
+    staging = run_dir.with_name(f".{run_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in PRETRAINING_FILES:
+        shutil.copyfile(source / name, staging / name)
+    os.replace(staging, run_dir)
+    return True
 
 
 def _to_run(cell: Cell, store: ResultStore, work_dir: Path, needed: set[str]) -> bool:
