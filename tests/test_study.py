@@ -290,21 +290,28 @@ def fake_result(cell) -> dict:
                 dataset_fingerprint="f")
 
 
-def test_an_interrupted_study_resumes_without_redoing_finished_cells(tmp_path, monkeypatch):
-    spec = toy_spec(tmp_path, methods=("ovmse", "se", "switch-cql"))
-    store, work = ResultStore(tmp_path / "results"), tmp_path / "work"
-    calls = []
-
+def interrupted_after_two(calls: list[str]):
+    """A fake run_cell that records the cells it runs in `calls` and is interrupted (the sitting
+    ends) at the third; each run folder holds PRETRAINING_FILES carrying the result's final
+    test."""
     def fake_run(cell, work_dir, progress=False):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(cell.name)
         run_dir = cell_dir(cell, work_dir)
         run_dir.mkdir(parents=True)
-        (run_dir / "summary.json").write_text("{}")
-        return fake_result(cell)
+        result = fake_result(cell)
+        for name in PRETRAINING_FILES:
+            (run_dir / name).write_text(json.dumps(dict(final_test=result["final_test"])))
+        return result
+    return fake_run
 
-    monkeypatch.setattr(executors, "run_cell", fake_run)
+
+def test_an_interrupted_study_resumes_without_redoing_finished_cells(tmp_path, monkeypatch):
+    spec = toy_spec(tmp_path, methods=("ovmse", "se", "switch-cql"))
+    store, work = ResultStore(tmp_path / "results"), tmp_path / "work"
+    calls = []
+    monkeypatch.setattr(executors, "run_cell", interrupted_after_two(calls))
     monkeypatch.setattr("ovmse.study.runner.data_fingerprint", lambda path: "f")
     with pytest.raises(KeyboardInterrupt):
         run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,), log=lambda s: None)
@@ -326,26 +333,17 @@ def test_a_kept_pretraining_run_lets_its_fine_tuning_go_on_without_its_data(tmp_
                                                                           monkeypatch, capsys):
     spec = toy_spec(tmp_path, methods=("ovmse", "se"))
     store, work, kept = ResultStore(tmp_path / "results"), tmp_path / "work", tmp_path / "kept"
+    args = ["experiment", "keep", str(tmp_path / "toy-final_table.toml"), "--results",
+            str(store.root), "--work-dir", str(work), "--kept", str(kept)]
+    assert main(args) == 2   # nothing has run yet
+    err = capsys.readouterr().err
+    assert "no finished pre-training run of" in err and err.count("\n") == 1
     calls = []
-
-    def fake_run(cell, work_dir, progress=False):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(cell.name)
-        run_dir = cell_dir(cell, work_dir)
-        run_dir.mkdir(parents=True)
-        result = fake_result(cell)
-        for name in PRETRAINING_FILES:
-            (run_dir / name).write_text(json.dumps(dict(final_test=result["final_test"])))
-        return result
-
-    monkeypatch.setattr(executors, "run_cell", fake_run)
+    monkeypatch.setattr(executors, "run_cell", interrupted_after_two(calls))
     monkeypatch.setattr("ovmse.study.runner.data_fingerprint", lambda path: "f")
     with pytest.raises(KeyboardInterrupt):   # the sitting ends after one fine-tuning cell
         run_study(spec, "cpu", store, work, LocalExecutor(), (SHIPPED,), log=lambda s: None)
     assert calls == ["pretrain-3m-medium", "3m-medium-ovmse"]
-    args = ["experiment", "keep", str(tmp_path / "toy-final_table.toml"), "--results",
-            str(store.root), "--work-dir", str(work), "--kept", str(kept)]
     assert main(args) == 0
     pre = plan_cells(spec, "cpu", (SHIPPED,)).pretrain[0]
     folder = kept / cell_dir(pre, work).name

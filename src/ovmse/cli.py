@@ -572,7 +572,6 @@ class ExperimentKeep:
 
 
 def run_experiment_keep(cmd: ExperimentKeep) -> int:
-    from ovmse.study.cells import cell_dir
     from ovmse.study.runner import keep_pretraining, plan_cells, select
     from ovmse.study.spec import load_spec
     from ovmse.study.store import ResultStore
@@ -581,8 +580,8 @@ def run_experiment_keep(cmd: ExperimentKeep) -> int:
     plan = select(plan_cells(spec, cmd.scale, DATA_ROOTS), cmd.tasks, cmd.methods)
     kept = []
     for cell in plan.pretrain:
-        if store.has(cell) and (cell_dir(cell, cmd.work_dir) / "summary.json").exists():
-            folder = keep_pretraining(cell, store, cmd.work_dir, cmd.kept)
+        folder = keep_pretraining(cell, store, cmd.work_dir, cmd.kept)
+        if folder:
             size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
             print(f"kept {cell.name} ({cell.key}): {folder} ({size:.1f} MB)")
             kept.append(folder)

@@ -179,6 +179,7 @@ def recollect(card: Path, out: Path, overwrite: bool = False, progress: bool = F
         raise UserError(f"{out} already exists; choose another --out, or pass --overwrite to "
                         f"replace it")
     quality, spec, made = meta["quality"], meta["spec"], meta["provenance"]
+    again = dict(recollected_from=str(card), made_on=device_name())
     env = make_env(meta["map"], spec["episode_limit"], spec["reward_scale"])
     extra_files = None
     generator = card / GENERATOR_FILE
@@ -194,7 +195,7 @@ def recollect(card: Path, out: Path, overwrite: bool = False, progress: bool = F
         with tempfile.TemporaryDirectory(prefix=".replay-", dir=out.parent) as work:
             batch, info = replay_buffer_episodes(from_dict(TrainConfig, snapshot["config"]),
                                                  snapshot["chunk"], Path(work))
-        provenance = dict(made, **info, recollected_from=str(card), made_on=device_name())
+        provenance = dict(made, **info, **again)
     else:
         if quality == "random":
             nets = make_networks(env.spec, TrainConfig().network)
@@ -206,8 +207,7 @@ def recollect(card: Path, out: Path, overwrite: bool = False, progress: bool = F
         batch, rate = collect_episodes(env, nets.agent, params, meta["episodes"],
                                        made["behaviour_epsilon"], made["seed"],
                                        progress=progress)
-        provenance = dict(made, episodes_per_s=rate, recollected_from=str(card),
-                          made_on=device_name())
+        provenance = dict(made, episodes_per_s=rate, **again)
     new = write_dataset(out, batch, env.spec, quality, provenance, overwrite=overwrite,
                         extra_files=extra_files)
     if dataset_fingerprint(new) != dataset_fingerprint(meta):
@@ -215,7 +215,7 @@ def recollect(card: Path, out: Path, overwrite: bool = False, progress: bool = F
                         if new["array_sha256"].get(k) != meta["array_sha256"][k])
         card_machine = made.get("made_on", "a machine it does not record")
         raise UserError(f"{out} differs from {card} in {', '.join(differ)}: made on "
-                        f"{device_name()}, the card on {card_machine} "
+                        f"{again['made_on']}, the card on {card_machine} "
                         f"(floats round otherwise on other CPUs and software, and rollouts "
                         f"diverge); it is kept, but results computed on the card's data will not "
                         f"accept it (their fingerprint differs)")

@@ -186,32 +186,23 @@ from (its TensorBoard files and policy snapshots are left out)."""
 
 
 def keep_pretraining(cell: PretrainCell, store: ResultStore, work_dir: Path,
-                     kept: Path) -> Path:
+                     kept: Path) -> Path | None:
     """Copy the finished pre-training run of `cell` (its result stored) from `work_dir` into
     `kept`/<name>-<key>/ (PRETRAINING_FILES, ~1-1.5 MB per seed), so that its fine-tuning cells
     can start from it in another sitting or on another machine, whose copy of the dataset may
     differ (docs/datasets.md, "Cards"). Returns the folder (left as it is when it already
-    holds this run); UserError when the run or its result is missing, or the run is not the
-    one the stored result describes (a rerun with another final test)."""
+    holds this run), or None when `work_dir` has no finished run of it or its result is not
+    stored; UserError when the run is not the one the stored result describes (a rerun with
+    another final test)."""
     run_dir = cell_dir(cell, work_dir)
     if not store.has(cell) or not (run_dir / "summary.json").exists():
-        raise UserError(f"{cell.name} ({cell.key}) has no finished run in {work_dir} with a "
-                        f"stored result; run it first (ovmse experiment run)")
-    final_test = store.load(cell)["final_test"]
-    if read_json(run_dir / "summary.json")["final_test"] != final_test:
+        return None
+    if not _is_stored_run(run_dir, cell, store):
         raise UserError(f"{run_dir} is not the run of {cell.name}'s stored result (a rerun "
                         f"with another final test: other data or another CPU?); not kept")
     target = Path(kept) / run_dir.name
-    if (target / "summary.json").exists() and (
-            read_json(target / "summary.json")["final_test"] == final_test):
-        return target
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in PRETRAINING_FILES:
-        shutil.copyfile(run_dir / name, staging / name)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    if not _is_stored_run(target, cell, store):   # else already kept
+        _copy_run(run_dir, target)
     return target
 
 
@@ -226,16 +217,30 @@ def restore_pretraining(cell: PretrainCell, store: ResultStore, work_dir: Path, 
     if (cell.key not in needed or not store.has(cell) or run_dir.exists()
             or not (source / "summary.json").exists()):
         return False
-    if read_json(source / "summary.json")["final_test"] != store.load(cell)["final_test"]:
+    if not _is_stored_run(source, cell, store):
         raise UserError(f"the kept run {source} is not the run of {cell.name}'s stored result "
                         f"(another final test); delete one of them")
-    staging = run_dir.with_name(f".{run_dir.name}.tmp")
+    _copy_run(source, run_dir)
+    return True
+
+
+def _is_stored_run(run_dir: Path, cell: PretrainCell, store: ResultStore) -> bool:
+    """Whether `run_dir` holds a finished run whose final test is that of `cell`'s stored
+    result (the exact floats of 640 episodes per seed tell runs apart)."""
+    return ((run_dir / "summary.json").exists()
+            and read_json(run_dir / "summary.json")["final_test"] == store.load(cell)["final_test"])
+
+
+def _copy_run(source: Path, target: Path) -> None:
+    """Copy a pre-training run's PRETRAINING_FILES from `source` to `target` through a staging
+    folder beside it, replacing what `target` held."""
+    staging = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in PRETRAINING_FILES:
         shutil.copyfile(source / name, staging / name)
-    os.replace(staging, run_dir)
-    return True
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
 
 
 def _to_run(cell: Cell, store: ResultStore, work_dir: Path, needed: set[str]) -> bool:
