@@ -191,6 +191,14 @@ def toy_build(tmp_path_factory):
     return out, record
 
 
+def test_a_build_onto_its_own_datasets_says_how_to_go_on(toy_build):
+    from ovmse.dataset_build import build_datasets
+
+    out, _ = toy_build
+    with pytest.raises(UserError, match=r"pass --overwrite .*its source run is kept and reused"):
+        build_datasets("3m", out, seed=0, steps=600, episodes=6, progress=False)
+
+
 def test_build_writes_every_quality_by_the_rule(toy_build):
     out, record = toy_build
     rates = [s["win_rate"] for s in record["snapshots"]]
