@@ -391,6 +391,7 @@ def fake_finetune(cell, final, wins, probe):
                                                                                 wins],
                            probe_q=list(probe)) for s in range(2)}
     return dict(fake_result(cell), method=cell.method, curves=curves,
+                pretrain_key=cell.start and cell.start.key,
                 final_test=dict(median_win_rate=float(np.median(final)), win_rate=final))
 
 
@@ -431,6 +432,19 @@ def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
     assert "| ovmse | 0.700 | 0.700 [0.600, 0.800] | 0.500 | 400 | 400 |" in text
     assert (tmp_path / "out" / "toy-cpu-3m-medium.png").stat().st_size > 10_000
     assert "shaded: the interquartile range over seeds" in text
+
+
+def test_the_drop_is_measured_from_the_cells_own_pretraining(tmp_path):
+    spec = toy_spec(tmp_path, report="curves", methods=("ovmse", "macal-ql"))
+    store = fake_results_folder(spec, tmp_path / "results")
+    calql = next(c for c in plan_cells(spec, "cpu").pretrain if c.config.learner.cql.calibrated)
+    store.save(calql, dict(store.load(calql), final_test=dict(median_win_rate=0.8,
+                                                              win_rate=[0.8, 0.8])))
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    # both start at median 0.5 and fall to 0.0 (ovmse) and 0.1 (macal-ql) over the first two
+    # tests; ovmse's MACQL pre-training ended at 0.5, macal-ql's Cal-QL one at 0.8
+    assert "| ovmse | 0.700 | 0.700 [0.600, 0.800] | 0.500 |" in text
+    assert "| macal-ql | 0.800 | 0.800 [0.700, 0.900] | 0.700 |" in text
 
 
 def test_the_spread_band_is_the_interquartile_range_over_seeds():

@@ -6,8 +6,8 @@ Statistics per (task, method), over the seeds of its cell:
                     paper's Table 1 statistic
   IQM [95% CI]      interquartile mean with a stratified percentile bootstrap interval
                     (stats.interquartile_mean, stats.bootstrap_ci; rliable's method)
-  drop              offline win rate minus the lowest median test win rate in the first 10% of
-                    fine-tuning (stats.transition_drop)
+  drop              its own pre-training's final win rate minus the lowest median test win
+                    rate in the first 10% of fine-tuning (stats.transition_drop)
   steps to X        first env step after the start at which the median test win rate reaches
                     X (stats.steps_to_threshold on the tests after step 0, so that a pre-trained
                     policy already above X does not count as having reached it at 0)
@@ -204,8 +204,10 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
                 probe_lines[label] = (t, np.median(probe, 0))
                 probe_bands[label] = (t, *_iqr(probe))
             final = result["final_test"]
-            drop = (transition_drop(median_win, offline)
-                    if offline is not None and not scratch else None)
+            # from the cell's own pre-training: macal-ql starts from Cal-QL's, not MACQL's
+            start = results.get(result.get("pretrain_key"))
+            drop = (transition_drop(median_win, start["final_test"]["median_win_rate"])
+                    if start is not None and not scratch else None)
             rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
                          _fmt(drop)] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
                                         for x in THRESHOLDS])
