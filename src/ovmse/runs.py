@@ -356,6 +356,7 @@ def load_checkpoint(path: Path, template: Any, prefix: str = "") -> tuple[Any, d
     With a `prefix` (a stored key path such as ".learner" or ".learner.params"), `template` is
     that subtree and only its leaves are read. Every leaf has members of its own, read only when
     it is loaded: the networks of a training state load without reading its replay buffer.
+    The leaves are device arrays (jax.Array; NumPy arrays for a dtype JAX would narrow).
     Raises UserError naming the first leaf whose path, shape or dtype differs from the template,
     or saying that the file is damaged.
     """
@@ -378,7 +379,13 @@ def load_checkpoint(path: Path, template: Any, prefix: str = "") -> tuple[Any, d
                     raise UserError(
                         f"checkpoint {path} does not match this config: {have['path']} is "
                         f"{have['dtype']}{have['shape']}, expected {name} {dtype}{shape}")
-                leaves.append(_read_leaf(npz, i, have, tuple(shape), np.dtype(want.dtype)))
+                leaf = _read_leaf(npz, i, have, tuple(shape), np.dtype(want.dtype))
+                # To the device leaf by leaf: the host copy is freed at once, and the state
+                # then owns its buffers, so the first chunk can take them over (donation)
+                # instead of a resumed run holding its state twice (docs/benchmarks.md). A
+                # dtype JAX would narrow (float64 without x64) stays a NumPy array.
+                same = jax.dtypes.canonicalize_dtype(leaf.dtype) == leaf.dtype
+                leaves.append(jax.device_put(leaf) if same else leaf)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error) as e:
         raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}: {e})") from None
     return jax.tree_util.tree_unflatten(treedef, leaves), meta
