@@ -89,8 +89,7 @@ def test_resume_after_a_pause_gives_the_same_final_metrics(reference_run, tmp_pa
     assert resumed["final_test"] == summary["final_test"]
 
 
-def test_a_resumed_run_hands_its_loaded_state_over_to_its_first_chunk(reference_run, tmp_path,
-                                                                      monkeypatch):
+def test_a_resumed_run_hands_its_loaded_state_over_to_its_first_chunk(tmp_path, monkeypatch):
     # A state read from a checkpoint must be freed once the first chunk has taken it, as a
     # fresh state is: holding it for the whole run cost a 6h_vs_8z cell 7 GB (its buffer twice).
     from ovmse.train import loop

@@ -236,12 +236,12 @@ def build_datasets(map_name: str, out: Path, seed: int = 0, steps: int = 500_000
                               num_seeds=1, steps=steps)
     existing = [out / q for q in (*qualities, "build.json") if (out / q).exists()]
     run_dir = out / "source-run"
+    started = (run_dir / "config.json").exists()
     if existing and not overwrite:
         resume = (" (its source run is kept and reused: an interrupted build goes on this way)"
-                  if (run_dir / "config.json").exists() else "")
+                  if started else "")
         raise UserError(f"{existing[0]} already exists; choose another --out, or pass "
                         f"--overwrite to replace the datasets there{resume}")
-    started = (run_dir / "config.json").exists()
     if started:
         _check_same_run(run_dir, cfg)
     if not (run_dir / "summary.json").exists():
