@@ -123,6 +123,34 @@ def test_dataset_build_refuses_existing_datasets_before_training(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["random"]
 
 
+def test_dataset_build_trains_its_source_run_with_the_settings_of_config(tmp_path,
+                                                                         monkeypatch, capsys):
+    from ovmse import dataset_build as build
+
+    seen = []
+    monkeypatch.setattr(build, "build_datasets",
+                        lambda map_name, out, **kw: seen.append(kw["train_config"]) or dict(
+                            expert="e", expert_win_rate=1.0, medium="m", medium_win_rate=0.5,
+                            datasets={}))
+    settings = tmp_path / "source.json"
+    settings.write_text(json.dumps({"explore": {"eps_anneal_steps": 1_000_000}}))
+    assert main(["dataset", "build", "--map", "5m_vs_6m", "--out", str(tmp_path / "b"),
+                 "--config", str(settings), "--no-progress"]) == 0
+    assert seen[0].explore.eps_anneal_steps == 1_000_000
+    assert seen[0].learner == LearnerConfig()   # keys it does not name keep their defaults
+    assert main(["dataset", "build", "--map", "3m", "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 0
+    assert seen[1] is None                      # no --config: `ovmse train`'s defaults
+
+    settings.write_text(json.dumps({"explore": {"eps_anneal": 1_000_000}}))
+    capsys.readouterr()
+    assert main(["dataset", "build", "--map", "3m", "--out", str(tmp_path / "d"),
+                 "--config", str(settings), "--no-progress"]) == 2
+    error = one_line_error(capsys)
+    assert str(settings) in error and "eps_anneal" in error
+    assert len(seen) == 2 and not (tmp_path / "d").exists()
+
+
 def test_dataset_build_never_reuses_a_source_run_of_other_settings(tmp_path, capsys):
     run = tmp_path / "source-run"
     run.mkdir()

@@ -220,6 +220,11 @@ class DatasetBuild:
     """Seed of the training run and of the collection."""
     steps: int = 500_000
     """Env steps of the QMIX training run."""
+    config: Path | None = None
+    """QMIX settings of the training run, where a map needs other than `ovmse train`'s
+    defaults: a JSON object of its config keys (a run folder's config.json, or only the keys to
+    change, e.g. {"explore": {"eps_anneal_steps": 1000000}}); --map, --seed and --steps
+    override it. docs/datasets.md names the maps built with one."""
     episodes: int = 1000
     """Episodes per collected dataset (random, medium, expert)."""
     eval_episodes: int = 256
@@ -239,16 +244,24 @@ BUILD_ROOT = Path("datasets-build")
 
 
 def run_dataset_build(cmd: DatasetBuild) -> int:
+    from ovmse.config import from_dict
     from ovmse.dataset_build import build_datasets
+    from ovmse.runs import read_json
 
     _check_collection_args(cmd.map, cmd.episodes, cmd.epsilon, cmd.seed)
     if cmd.steps <= 0:
         raise UserError(f"steps must be > 0, got {cmd.steps}")
+    train_config = None
+    if cmd.config is not None:
+        try:
+            train_config = from_dict(TrainConfig, read_json(cmd.config))
+        except UserError as e:
+            raise UserError(f"--config {cmd.config}: {e}") from None
     out = cmd.out or BUILD_ROOT / cmd.map
     record = build_datasets(cmd.map, out, seed=cmd.seed, steps=cmd.steps,
                             episodes=cmd.episodes, eval_episodes=cmd.eval_episodes,
                             epsilon=cmd.epsilon, qualities=cmd.qualities, progress=cmd.progress,
-                            overwrite=cmd.overwrite)
+                            train_config=train_config, overwrite=cmd.overwrite)
     print(f"expert: {record['expert']} (greedy win rate {record['expert_win_rate']:.3f}); "
           f"medium: {record['medium']} ({record['medium_win_rate']:.3f})")
     for quality, d in record["datasets"].items():
