@@ -294,7 +294,7 @@ def interrupted_after_two(calls: list[str]):
     """A fake run_cell that records the cells it runs in `calls` and is interrupted (the sitting
     ends) at the third; each run folder holds PRETRAINING_FILES carrying the result's final
     test."""
-    def fake_run(cell, work_dir, progress=False):
+    def fake_run(cell, work_dir, progress=False, seeds_per_run=0):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(cell.name)
@@ -582,6 +582,33 @@ def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(toy_
     assert stored["dataset_fingerprint"] == data_fingerprint(pre.config.dataset)  # which data
     assert sorted(stored["curves"]) == ["0", "1"] and stored["curves"]["0"]["t_env"][0] == 0
     assert comparable(run_cell(cell, work)) == comparable(stored)  # read back, not rerun
+
+
+def test_a_cell_trained_a_seed_at_a_time_gives_the_result_of_all_seeds_at_once(toy_study,
+                                                                               tmp_path):
+    """--seeds-per-run 1: each seed its own run, one after the other; the same result (on a
+    CPU), each group's seeds, time and code recorded, no checkpoint left behind; a started
+    cell keeps its groups when asked for all seeds at once."""
+    spec, store, work, _ = toy_study
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    pre, cell = plan.pretrain[0], plan.finetune[0]
+    shutil.copytree(cell_dir(pre, work), cell_dir(pre, tmp_path))
+    grouped = run_cell(cell, tmp_path, seeds_per_run=1)
+    groups = grouped.pop("seed_groups")
+    assert comparable(grouped) == comparable(store.load(cell))
+    assert [g["seeds"] for g in groups] == [[0], [1]]
+    assert all(g["code"] == code_version() and g["wall_s"] > 0 for g in groups)
+    run_dir = cell_dir(cell, tmp_path)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["seed_groups.json", "seeds-0-0",
+                                                         "seeds-1-1"]
+    assert not list(run_dir.glob("*/checkpoint.npz"))
+    again = run_cell(cell, tmp_path)
+    assert again.pop("seed_groups") == groups and comparable(again) == comparable(grouped)
+
+
+def test_seeds_per_run_must_not_be_negative():
+    with pytest.raises(UserError, match="--seeds-per-run must be 0"):
+        LocalExecutor(seeds_per_run=-1)
 
 
 def test_qmix_runs_without_a_pretraining_run_in_the_config_a_checkpoint_would_give(toy_study,

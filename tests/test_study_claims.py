@@ -48,7 +48,7 @@ def study(tmp_path, monkeypatch):
     store, work = ResultStore(tmp_path / "results"), tmp_path / "work"
     calls: list[tuple[str, bool, int]] = []
 
-    def fake_run(cell, work_dir, progress=False):
+    def fake_run(cell, work_dir, progress=False, seeds_per_run=0):
         holder = Claims(work_dir).holder(cell)
         calls.append((cell.name, holder is not None and holder.pid == os.getpid(),
                       len(claim_files(work_dir))))
@@ -151,7 +151,7 @@ def test_cells_run_under_their_claim_which_is_released_after_storing(study):
 def test_a_claim_is_released_when_its_cell_fails(study, monkeypatch):
     spec, store, work, calls, plan = study
 
-    def failing(cell, work_dir, progress=False):
+    def failing(cell, work_dir, progress=False, seeds_per_run=0):
         assert Claims(work_dir).holder(cell).pid == os.getpid()
         raise RuntimeError("cell crashed")
 
@@ -239,9 +239,9 @@ class FakeRay:
                 fake.options = options
                 return self
 
-            def remote(self, cell, work_dir):
+            def remote(self, cell, work_dir, seeds_per_run=0):
                 fake.submitted.append(cell.name)
-                fake.tasks.append((fn, cell, work_dir))
+                fake.tasks.append((fn, cell, work_dir, seeds_per_run))
                 return len(fake.tasks) - 1
 
         return Task()
@@ -250,18 +250,19 @@ class FakeRay:
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):
-        fn, cell, work_dir = self.tasks[ref]
-        return fn(cell, work_dir)
+        fn, cell, work_dir, seeds_per_run = self.tasks[ref]
+        return fn(cell, work_dir, seeds_per_run=seeds_per_run)
 
     def cancel(self, ref, force):
         """Records the cell and whether its claim was still held."""
-        _, cell, work_dir = self.tasks[ref]
+        _, cell, work_dir, _ = self.tasks[ref]
         self.cancelled.append((cell.name, Claims(work_dir).holder(cell) is not None))
 
 
 def fake_ray_executor(gpus_per_cell: float = 0.0) -> RayExecutor:
     ray = RayExecutor.__new__(RayExecutor)
     ray.ray, ray.options = FakeRay(), ray_task_options(1.0, gpus_per_cell)
+    ray.seeds_per_run = 0
     return ray
 
 
@@ -286,7 +287,7 @@ def test_a_failed_task_cancels_the_pending_ones_before_their_claims_go(study, mo
     (cell_dir(pre, work) / "summary.json").write_text("{}")
     ray = fake_ray_executor()
 
-    def failing(cell, work_dir, progress=False):
+    def failing(cell, work_dir, progress=False, seeds_per_run=0):
         assert claim_files(work_dir) == sorted(Claims(work_dir).path(c) for c in plan.finetune)
         raise RuntimeError("task failed")
 

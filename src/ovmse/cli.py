@@ -516,6 +516,12 @@ class ExperimentRun:
     process). Whether 2 pays on a 2-core CPU depends on the host: it did where one cell kept
     the cores only partly busy, and did not where one cell kept both busy (docs/benchmarks.md,
     issue 15); time a cell both ways first."""
+    seeds_per_run: int = 0
+    """Train each fine-tuning cell's seeds this many at a time, one run after another (0: all
+    at once, vmapped). For cells whose replay buffers do not fit in memory together (5,000
+    padded episodes per seed: ~3.8 GB on 3s5z, ~2.5 GB on 6h_vs_8z); on a CPU every seed's
+    numbers are the same either way, so results and cache keys do not change. A started cell
+    keeps the way it started."""
     address: str | None = None
     """Ray cluster address ("auto", "ray://host:10001"); default: a local Ray instance."""
     cpus_per_cell: float = 1.0
@@ -549,9 +555,11 @@ def run_experiment(cmd: ExperimentRun) -> int:
         for cell in plan.pretrain + plan.finetune:
             print(f"{'cached ' if store.has(cell) else 'to run '} {cell.key}  {cell.name}")
         return 0
-    executor = (LocalExecutor(progress=cmd.progress and cmd.jobs == 1, jobs=cmd.jobs)
+    executor = (LocalExecutor(progress=cmd.progress and cmd.jobs == 1, jobs=cmd.jobs,
+                              seeds_per_run=cmd.seeds_per_run)
                 if cmd.executor == "local" else
-                RayExecutor(cmd.address, cmd.cpus_per_cell, cmd.gpus_per_cell))
+                RayExecutor(cmd.address, cmd.cpus_per_cell, cmd.gpus_per_cell,
+                            seeds_per_run=cmd.seeds_per_run))
     counts = run_study(spec, cmd.scale, store, cmd.work_dir, executor, roots,
                        tasks=cmd.tasks, methods=cmd.methods, kept=cmd.kept)
     elsewhere = (f", {counts['running_elsewhere']} skipped (another runner holds them or their "

@@ -112,12 +112,13 @@ def cell_dir(cell: Cell, work_dir: Path) -> Path:
 
 
 def run_cell(cell: Cell, work_dir: Path, progress: bool = False,
-             log: LogSettings = LogSettings()) -> dict:
+             log: LogSettings = LogSettings(), seeds_per_run: int = 0) -> dict:
     """Run (or resume, or read back) one cell and return its result dict; `log`: where its
-    metrics go besides metrics.jsonl."""
+    metrics go besides metrics.jsonl. `seeds_per_run` > 0 trains a fine-tuning cell's seeds
+    that many at a time, one run after another (`seed_groups`); 0 trains them all at once."""
     if isinstance(cell, PretrainCell):
         return _run_pretrain(cell, Path(work_dir), progress, log)
-    return _run_finetune(cell, Path(work_dir), progress, log)
+    return _run_finetune(cell, Path(work_dir), progress, log, seeds_per_run)
 
 
 def _fresh_or_resumable(run_dir: Path) -> bool:
@@ -163,8 +164,7 @@ def pretrained_run(cell: PretrainCell, work_dir: Path) -> Path:
 
 
 def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
-                  log: LogSettings) -> dict:
-    from ovmse.train.driver import train
+                  log: LogSettings, seeds_per_run: int = 0) -> dict:
     from ovmse.train.offline import pretrained_checkpoint
 
     base = own_options(cell.method, cell.base)
@@ -179,25 +179,94 @@ def _run_finetune(cell: FinetuneCell, work_dir: Path, progress: bool,
         # on this machine's copy of the data: which data this fine-tuning's start learned from
         fingerprint = pretrained_checkpoint(start)[1]["dataset"]["fingerprint"]
     run_dir = cell_dir(cell, work_dir)
+    groups = seed_groups(cfg, run_dir, seeds_per_run)
+    if groups is None:
+        summary, records = _train_finished(cfg, run_dir, progress, log), None
+    else:
+        summary, records = _train_in_groups(cfg, run_dir, groups, progress, log)
+    config = to_dict(cfg)
+    config["finetune"]["checkpoint"] = config["finetune"]["dataset"] = None
+    result = dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,
+                  method=cell.method, cql_online=cell.cql_online,
+                  offline_ratio=cell.base.finetune.offline_ratio,
+                  pretrain_key=cell.start and cell.start.key, dataset_fingerprint=fingerprint,
+                  config=config, final_test=summary["final_test"], wall_s=summary["wall_s"],
+                  env_steps_per_s=summary["env_steps_per_s"], device=summary.get("device"),
+                  code=summary.get("code"),
+                  curves=_curves(records or read_jsonl(run_dir / "metrics.jsonl"), "t_env",
+                                 CURVE_KEYS))
+    if groups is not None:
+        result["seed_groups"] = summary["seed_groups"]
+    return result
+
+
+def _train_finished(cfg: TrainConfig, run_dir: Path, progress: bool, log: LogSettings) -> dict:
+    """Train (or resume, or read back) the run of `cfg` in `run_dir`; its summary. A finished
+    fine-tuning state is GBs (its replay buffer: ~1.5 GB per seed on 2s3z) and the result needs
+    only summary.json and metrics.jsonl, so its checkpoint is dropped; policies/ keeps the
+    snapshots."""
+    from ovmse.train.driver import train
+
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary = read_json(summary_path)
     else:
         summary = train(cfg, run_dir, resume=_fresh_or_resumable(run_dir), progress=progress,
                         log=log)
-    # A finished fine-tuning state is GBs (its replay buffer: ~1.5 GB per seed on 2s3z) and the
-    # result needs only summary.json and metrics.jsonl; policies/ keeps the snapshots.
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-    config = to_dict(cfg)
-    config["finetune"]["checkpoint"] = config["finetune"]["dataset"] = None
-    return dict(kind="finetune", key=cell.key, name=cell.name, task=cell.task,
-                method=cell.method, cql_online=cell.cql_online,
-                offline_ratio=cell.base.finetune.offline_ratio,
-                pretrain_key=cell.start and cell.start.key, dataset_fingerprint=fingerprint,
-                config=config, final_test=summary["final_test"], wall_s=summary["wall_s"],
-                env_steps_per_s=summary["env_steps_per_s"], device=summary.get("device"),
-                code=summary.get("code"),
-                curves=_curves(read_jsonl(run_dir / "metrics.jsonl"), "t_env", CURVE_KEYS))
+    return summary
+
+
+SEED_GROUPS_FILE = "seed_groups.json"
+
+
+def seed_groups(cfg: TrainConfig, run_dir: Path, seeds_per_run: int) -> list[range] | None:
+    """How a fine-tuning cell's seeds are trained: None, all at once in `run_dir` (one program
+    vmapping them), or groups of consecutive seeds, each its own run in
+    `run_dir`/seeds-<first>-<last>/, one after another. Splitting bounds the memory of a cell
+    whose replay buffers do not fit together (each seed holds 5,000 padded episodes: ~3.8 GB on
+    3s5z); each seed's numbers are the same either way on a CPU, where the updates run one
+    seed after another (train/bucketing.py) and every seed has its own keys
+    (train/keys.py), so the cell's key does not depend on it. A cell keeps the way it was
+    started: a run folder already holding a run goes on as it is, a grouped one (its
+    SEED_GROUPS_FILE) in its own groups, whatever `seeds_per_run` now says."""
+    if (run_dir / SEED_GROUPS_FILE).exists():
+        seeds_per_run = int(read_json(run_dir / SEED_GROUPS_FILE)["seeds_per_run"])
+    elif (run_dir / "config.json").exists() or not 0 < seeds_per_run < cfg.num_seeds:
+        return None
+    else:
+        from ovmse.runs import write_json
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / SEED_GROUPS_FILE, dict(seeds_per_run=seeds_per_run))
+    first, end = cfg.seed, cfg.seed + cfg.num_seeds
+    return [range(s, min(s + seeds_per_run, end)) for s in range(first, end, seeds_per_run)]
+
+
+def _train_in_groups(cfg: TrainConfig, run_dir: Path, groups: list[range], progress: bool,
+                     log: LogSettings) -> tuple[dict, list[dict]]:
+    """Train each group of seeds (`seed_groups`) in turn; the cell's summary (the final tests of
+    all seeds, wall time and env steps summed, and each group's seeds, wall time, device and
+    code as `seed_groups`) and all seeds' metrics records."""
+    import numpy as np
+
+    summaries, records = [], []
+    for group in groups:
+        group_dir = run_dir / f"seeds-{group[0]}-{group[-1]}"
+        summaries.append(_train_finished(dataclasses.replace(
+            cfg, seed=group[0], num_seeds=len(group)), group_dir, progress, log))
+        records += read_jsonl(group_dir / "metrics.jsonl")
+    final = {k: [x for s in summaries for x in s["final_test"][k]]
+             for k in ("win_rate", "mean_return", "mean_ep_length")}
+    wall_s = round(sum(s["wall_s"] for s in summaries), 2)
+    t_env = sum(t for s in summaries for t in s["t_env"])
+    return dict(final_test=dict(episodes=summaries[0]["final_test"]["episodes"], **final,
+                                median_win_rate=float(np.median(final["win_rate"])),
+                                mean_win_rate=float(np.mean(final["win_rate"]))),
+                wall_s=wall_s, env_steps_per_s=round(t_env / max(wall_s, 1e-9), 1),
+                device=summaries[0].get("device"), code=summaries[0].get("code"),
+                seed_groups=[dict(seeds=s["seeds"], wall_s=s["wall_s"], device=s.get("device"),
+                                  code=s.get("code")) for s in summaries]), records
 
 
 def _curves(records: list[dict], x: str, keys: tuple[str, ...]) -> dict:

@@ -7,6 +7,8 @@ runner stores each result as it arrives, so an interrupted study loses at most i
 Both call `start(cell)` right before a cell would start (LocalExecutor: before running it or
 handing it to a free worker; RayExecutor: in this driver process, before submitting it) and skip the cell when it returns
 False: the runner claims cells there, and this process holds the claims while they run.
+Both can train a fine-tuning cell's seeds a few at a time (`seeds_per_run`, cells.seed_groups)
+where its replay buffers do not fit in memory together.
 
 With Ray, every node must see `work_dir` (a shared filesystem; trivially so on one machine):
 fine-tuning cells read their pre-trained checkpoint from it.
@@ -53,17 +55,19 @@ class LocalExecutor:
     the pre-training cells first). When `run` stops early, cells not yet started are dropped
     and the running ones finish first."""
 
-    def __init__(self, progress: bool = True, jobs: int = 1):
+    def __init__(self, progress: bool = True, jobs: int = 1, seeds_per_run: int = 0):
         if jobs < 1:
             raise UserError(f"--jobs must be at least 1, got {jobs}")
-        self.progress, self.jobs = progress, jobs
+        _check_seeds_per_run(seeds_per_run)
+        self.progress, self.jobs, self.seeds_per_run = progress, jobs, seeds_per_run
 
     def run(self, cells: Sequence[Cell], work_dir: Path,
             start: Start = _always) -> Iterator[tuple[Cell, dict]]:
         if self.jobs == 1:
             for cell in cells:
                 if start(cell):
-                    yield cell, run_cell(cell, work_dir, progress=self.progress)
+                    yield cell, run_cell(cell, work_dir, progress=self.progress,
+                                         seeds_per_run=self.seeds_per_run)
             return
         yield from self._run_in_workers(cells, work_dir, start)
 
@@ -78,7 +82,8 @@ class LocalExecutor:
                     while waiting and len(running) < self.jobs:
                         cell = waiting.pop(0)
                         if start(cell):
-                            running[pool.submit(run_cell, cell, work_dir)] = cell
+                            running[pool.submit(run_cell, cell, work_dir,
+                                                seeds_per_run=self.seeds_per_run)] = cell
                     if not running:
                         continue
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -87,6 +92,12 @@ class LocalExecutor:
             finally:   # stopped early: start nothing more; the running cells finish
                 for future in running:
                     future.cancel()
+
+
+def _check_seeds_per_run(seeds_per_run: int) -> None:
+    if seeds_per_run < 0:
+        raise UserError(f"--seeds-per-run must be 0 (all of a cell's seeds at once) or more, "
+                        f"got {seeds_per_run}")
 
 
 def _worker_setup() -> None:
@@ -105,7 +116,10 @@ class RayExecutor:
     pending are cancelled, so none runs on after the runner has released its claim."""
 
     def __init__(self, address: str | None = None, cpus_per_cell: float = 1.0,
-                 gpus_per_cell: float = 0.0, init_options: dict | None = None):
+                 gpus_per_cell: float = 0.0, init_options: dict | None = None,
+                 seeds_per_run: int = 0):
+        _check_seeds_per_run(seeds_per_run)
+        self.seeds_per_run = seeds_per_run
         try:
             import ray
         except ImportError:
@@ -118,7 +132,8 @@ class RayExecutor:
     def run(self, cells: Sequence[Cell], work_dir: Path,
             start: Start = _always) -> Iterator[tuple[Cell, dict]]:
         task = self.ray.remote(run_cell).options(**self.options)
-        pending = {task.remote(cell, str(work_dir)): cell for cell in cells if start(cell)}
+        pending = {task.remote(cell, str(work_dir), seeds_per_run=self.seeds_per_run): cell
+                   for cell in cells if start(cell)}
         try:
             while pending:
                 done, _ = self.ray.wait(list(pending), num_returns=1)

@@ -203,9 +203,11 @@ def run_title(cfg: TrainConfig) -> str:
 
 
 def offline_inputs(cfg: TrainConfig, trainer: OnlineTrainer):
-    """The pre-trained LearnerState of every seed (seed i starts from the pre-training's seed
-    i mod its seed count) and the offline dataset on the device (when offline_ratio > 0);
-    (None, None) for a run from scratch."""
+    """The pre-trained LearnerState of every seed and the offline dataset on the device (when
+    offline_ratio > 0); (None, None) for a run from scratch. Seed s starts from the
+    pre-training's seed s (from seed first + (s - first) mod count when it has no seed s, its
+    seeds being first ... first + count - 1), so that a run of some of a study cell's seeds
+    (study/cells.py, seed_groups) starts each from where the whole cell would."""
     from ovmse.datasets.store import load_dataset
     from ovmse.train.offline import load_pretrained
 
@@ -216,7 +218,7 @@ def offline_inputs(cfg: TrainConfig, trainer: OnlineTrainer):
         raise UserError(f"checkpoint {cfg.finetune.checkpoint} has network sizes "
                         f"{meta['config']['network']}, this run {to_dict(cfg.network)}")
     count = jax.tree.leaves(learner)[0].shape[0]
-    index = np.arange(cfg.num_seeds) % count
+    index = (cfg.seed + np.arange(cfg.num_seeds) - int(meta["config"]["seed"])) % count
     learner = jax.tree.map(lambda x: x[index], learner)
     data = None
     if cfg.finetune.offline_ratio > 0:
