@@ -593,6 +593,9 @@ def test_a_cell_trained_a_seed_at_a_time_gives_the_result_of_all_seeds_at_once(t
     plan = plan_cells(spec, "cpu", (SHIPPED,))
     pre, cell = plan.pretrain[0], plan.finetune[0]
     shutil.copytree(cell_dir(pre, work), cell_dir(pre, tmp_path))
+    died = cell_dir(cell, tmp_path)   # an all-seeds run that died before its first checkpoint
+    died.mkdir(parents=True)
+    (died / "config.json").write_text("{}")
     grouped = run_cell(cell, tmp_path, seeds_per_run=1)
     groups = grouped.pop("seed_groups")
     assert comparable(grouped) == comparable(store.load(cell))

@@ -228,16 +228,18 @@ def seed_groups(cfg: TrainConfig, run_dir: Path, seeds_per_run: int) -> list[ran
     3s5z); each seed's numbers are the same either way on a CPU, where the updates run one
     seed after another (train/bucketing.py) and every seed has its own keys
     (train/keys.py), so the cell's key does not depend on it. A cell keeps the way it was
-    started: a run folder already holding a run goes on as it is, a grouped one (its
-    SEED_GROUPS_FILE) in its own groups, whatever `seeds_per_run` now says."""
+    started: a run of all seeds with a checkpoint or finished goes on as it is, a grouped one
+    (its SEED_GROUPS_FILE) in its own groups, whatever `seeds_per_run` now says."""
     if (run_dir / SEED_GROUPS_FILE).exists():
         seeds_per_run = int(read_json(run_dir / SEED_GROUPS_FILE)["seeds_per_run"])
-    elif (run_dir / "config.json").exists() or not 0 < seeds_per_run < cfg.num_seeds:
+    elif ((run_dir / CHECKPOINT_FILE).exists() or (run_dir / "summary.json").exists()
+          or not 0 < seeds_per_run < cfg.num_seeds):
         return None
     else:
         from ovmse.runs import write_json
 
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _fresh_or_resumable(run_dir)   # clears a run that died before its first checkpoint
+        run_dir.mkdir(parents=True)
         write_json(run_dir / SEED_GROUPS_FILE, dict(seeds_per_run=seeds_per_run))
     first, end = cfg.seed, cfg.seed + cfg.num_seeds
     return [range(s, min(s + seeds_per_run, end)) for s in range(first, end, seeds_per_run)]
