@@ -609,9 +609,14 @@ def test_a_cell_trained_a_seed_at_a_time_gives_the_result_of_all_seeds_at_once(t
     assert again.pop("seed_groups") == groups and comparable(again) == comparable(grouped)
 
 
-def test_seeds_per_run_must_not_be_negative():
+def test_seeds_per_run_must_not_be_negative(tmp_path, capsys):
     with pytest.raises(UserError, match="--seeds-per-run must be 0"):
         LocalExecutor(seeds_per_run=-1)
+    spec = toy_spec(tmp_path, methods=("ovmse",))
+    assert main(["experiment", "run", str(spec.path), "--seeds-per-run", "-1", "--work-dir",
+                 str(tmp_path / "work"), "--results", str(tmp_path / "results")]) == 2
+    assert "--seeds-per-run must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
 
 
 def test_qmix_runs_without_a_pretraining_run_in_the_config_a_checkpoint_would_give(toy_study,
