@@ -2,6 +2,7 @@
 files carry the same scalars, one folder per seed, and hide what a resume redoes; the learning
 curve draws every logged metric with its spread over seeds."""
 
+import numpy as np
 import pytest
 
 from conftest import read_tensorboard
@@ -81,6 +82,24 @@ def test_the_learning_curve_has_a_panel_per_logged_metric(tmp_path, extra, shape
                     **extra) for c in range(3) for s in range(2)]
     plot_learning_curve(records, tmp_path / "curve.png", "title")
     assert imread(tmp_path / "curve.png").shape[:2] == shape
+
+
+def test_step_axes_label_their_ticks_in_thousands_and_millions(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from ovmse import plots
+
+    shown = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: shown.update(fig=fig))
+    steps = np.arange(0, 200_001, 10_000)
+    plots.plot_panels([dict(title="t", ylabel="y", lines={"m": (steps, steps / 2e5)})],
+                      tmp_path / "p.png")
+    fig = shown["fig"]
+    fig.canvas.draw()
+    labels = [tick.get_text() for tick in fig.axes[0].get_xticklabels() if tick.get_text()]
+    plt.close(fig)
+    assert "100k" in labels and "200k" in labels
+    assert not any("0000" in label for label in labels)
 
 
 def test_wandb_offline_logs_each_seed_against_its_own_step(tmp_path, monkeypatch):

@@ -10,6 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+
+STEPS_FORMAT = EngFormatter(sep="")
+"""Step-axis tick labels as 50k, 1.5M: plain integers run together at 200k steps and more."""
 
 
 def save_figure(fig, path: Path) -> None:
@@ -39,6 +43,7 @@ def plot_panels(panels: list[dict], path: Path, title: str = "") -> None:
             value, label = panel["hline"]
             ax.axhline(value, ls="--", color="black", lw=1, label=label)
         ax.set(xlabel="env steps", ylabel=panel["ylabel"], title=panel["title"])
+        ax.xaxis.set_major_formatter(STEPS_FORMAT)
         if panel.get("ylim"):
             ax.set_ylim(*panel["ylim"])
         ax.grid(alpha=0.3)
@@ -121,12 +126,14 @@ def plot_learning_curve(records: list[dict], path: Path, title: str, x: str = "t
             value, ref_label = references[key]
             ax.axhline(value, ls="--", color="tab:red", lw=1.2, label=ref_label)
         ax.set(xlabel=x_label, ylabel=label)
+        ax.xaxis.set_major_formatter(STEPS_FORMAT)
         ax.grid(alpha=0.3)
     if schedules:
         ax = axes[len(panels)]
         for key, label in schedules:
             ax.plot(*median_curve(records, key, x), lw=1.8, label=label)
         ax.set(xlabel=x_label, ylabel="schedule value", ylim=(-0.02, 1.02))
+        ax.xaxis.set_major_formatter(STEPS_FORMAT)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in axes[count:]:
