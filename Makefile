@@ -25,7 +25,7 @@ test: $(STAMP)
 
 # The study's pages (docs/results/) and their blocks in docs/results.md, from experiments/results/.
 SPECS := methods table1 fig1 fig2_fig3 fig4 table2 cql_online transition
-WORKSTATION_SPECS := table1 fig1 fig2_fig3 fig4 cql_online transition
+WORKSTATION_SPECS := table1 fig1 fig2_fig3 fig4 cql_online transition lam_end
 report: $(STAMP)
 	for spec in $(SPECS); do \
 	  $(VENV)/bin/ovmse experiment report $$spec --scale cpu --embed docs/results.md || exit 1; \

@@ -31,7 +31,7 @@ from ovmse.study.store import ResultStore
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "src" / "ovmse" / "datasets" / "shipped"
 SPECS = ("table1", "fig1", "fig2_fig3", "fig4", "table2", "methods", "cql_online",
-         "transition")
+         "transition", "lam_end")
 
 TOY_SPEC = """
 name = "toy"
@@ -115,6 +115,17 @@ def test_specs_of_one_study_share_their_cells(monkeypatch):
     assert table1 == curves
 
 
+def test_the_lam_end_spec_shares_its_default_cells_with_table1(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cells = plan_cells(load_spec("lam_end"), "workstation").finetune
+    table1 = {c.key for c in plan_cells(load_spec("table1"), "workstation").finetune}
+    default = {c.key for c in cells if c.base.learner.memory.lam_end == 0.0}
+    assert sorted(c.name for c in cells) == [
+        "3s5z-medium-ovmse", "3s5z-medium-ovmse-lamend0.1", "3s5z-medium-ovmse-lamend0.3",
+        "3s5z-medium-switch-cql"]
+    assert len(default) == 2 and default <= table1
+
+
 def test_the_transition_spec_shares_its_epsilon_one_cells_with_fig4(monkeypatch):
     monkeypatch.chdir(REPO)
     transition = plan_cells(load_spec("transition"), "cpu").finetune
@@ -141,6 +152,26 @@ def test_starting_epsilon_is_an_axis_that_changes_keys_names_and_labels(tmp_path
     assert by_name["3m-medium-ovmse"].key == without_axis.finetune[0].key
     with pytest.raises(UserError, match=r"eps_starts \[1.5\] must lie in \[0, 1\]"):
         toy_spec(tmp_path, extra="eps_starts = [1.5]")
+
+
+def test_ovm_end_weight_is_an_axis_of_the_methods_with_ovm_loss_only(tmp_path):
+    from ovmse.study.report import cell_label
+
+    spec = toy_spec(tmp_path, methods=("ovmse", "se", "qmix"), extra="lam_ends = [0.0, 0.2]")
+    plan = plan_cells(spec, "cpu", (SHIPPED,))
+    assert sorted(c.name for c in plan.finetune) == [
+        "3m-medium-ovmse", "3m-medium-ovmse-lamend0.2", "3m-medium-se", "3m-qmix"]
+    by_name = {c.name: c for c in plan.finetune}
+    high = by_name["3m-medium-ovmse-lamend0.2"]
+    assert high.base.learner.memory.lam_end == 0.2
+    assert by_name["3m-medium-ovmse"].base.learner.memory.lam_end == 0.0
+    assert cell_label(high) == "ovmse lam_end 0.2"
+    without_axis = plan_cells(toy_spec(tmp_path, methods=("ovmse", "se")), "cpu", (SHIPPED,))
+    assert {c.key for c in without_axis.finetune} == {by_name["3m-medium-ovmse"].key,
+                                                      by_name["3m-medium-se"].key}
+    assert high.key not in {c.key for c in without_axis.finetune}
+    with pytest.raises(UserError, match=r"lam_ends \[-0.1\] must lie in \[0, 1\]"):
+        toy_spec(tmp_path, extra="lam_ends = [-0.1]")
 
 
 def test_macal_ql_starts_from_a_cal_ql_pretraining_and_the_others_from_macql(tmp_path):

@@ -492,8 +492,8 @@ class ExperimentRun:
     scale that is not in the results folder yet; an interrupted study resumes where it stopped."""
 
     spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
-    """Spec name (methods, table1, fig1, fig2_fig3, fig4, table2, cql_online, transition) or
-    path to a .toml file."""
+    """Spec name (methods, table1, fig1, fig2_fig3, fig4, table2, cql_online, transition,
+    lam_end) or path to a .toml file."""
     scale: str = "cpu"
     """cpu (a 2-core machine, hours), workstation (the paper's four maps, 5 seeds, 200k steps;
     tens of hours over many sittings, docs/benchmarks.md) or paper (the paper's maps and

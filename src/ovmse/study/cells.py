@@ -35,7 +35,9 @@ Float rounding does not count (a cell computed on a GPU stands for the same cell
 the CPU's one-seed-at-a-time updates (train/bucketing.py) did not bump it."""
 CURVE_KEYS = ("test_win_rate", "test_return", "probe_q")
 DEFAULT_EPS_START = TrainConfig().explore.eps_start
-"""Cells fine-tuning from another epsilon say so in their name (and label)."""
+DEFAULT_LAM_END = TrainConfig().learner.memory.lam_end
+"""Cells fine-tuning from another epsilon, or with another end weight of OVM's memory, say so
+in their name (and label)."""
 
 
 def digest(obj: dict) -> str:
@@ -98,9 +100,11 @@ class FinetuneCell:
         where = (self.task.split("/")[0] if self.record.from_scratch
                  else self.task.replace("/", "-"))
         ratio, eps = self.base.finetune.offline_ratio, self.base.explore.eps_start
+        lam_end = self.base.learner.memory.lam_end
         return (f"{where}-{self.method}" + ("-cql" if self.cql_online else "")
                 + (f"-mix{ratio:g}" if ratio else "")
-                + (f"-eps{eps:g}" if eps != DEFAULT_EPS_START else ""))
+                + (f"-eps{eps:g}" if eps != DEFAULT_EPS_START else "")
+                + (f"-lamend{lam_end:g}" if lam_end != DEFAULT_LAM_END else ""))
 
 
 Cell = PretrainCell | FinetuneCell

@@ -38,15 +38,18 @@ def pretrain_config(scale: Scale, dataset: str, calibrated: bool = False) -> Pre
 
 
 def finetune_base(scale: Scale, map_name: str, offline_ratio: float,
-                  eps_start: float | None = None) -> TrainConfig:
+                  eps_start: float | None = None, lam_end: float | None = None) -> TrainConfig:
     """The fine-tuning config a scale gives a map, with this mixing ratio and, unless None,
-    this epsilon at the start of fine-tuning (else the settings' or the default, 1.0)."""
+    this epsilon at the start of fine-tuning and this end weight of OVM's memory (else the
+    settings' or the defaults, 1.0 and 0.0)."""
     cfg = TrainConfig(steps=scale.steps[map_name], num_seeds=scale.seeds,
                       test_interval=scale.test_interval[map_name])
     cfg = with_overrides(cfg, {**scale.settings, **scale.map_settings.get(map_name, {})})
     cfg = with_overrides(cfg, {"finetune.offline_ratio": float(offline_ratio)})
     if eps_start is not None:
         cfg = with_overrides(cfg, {"explore.eps_start": float(eps_start)})
+    if lam_end is not None:
+        cfg = with_overrides(cfg, {"learner.memory.lam_end": float(lam_end)})
     return cfg
 
 
@@ -69,11 +72,13 @@ def plan_cells(spec: Spec, scale_name: str, roots: tuple[Path, ...] = DATA_ROOTS
                 pre = PretrainCell(task, pretrain_config(scale, dataset, calibrated=True))
                 pretrain.setdefault(pre.key, pre)
             scratch = record.from_scratch
-            for ratio, eps in itertools.product(
+            for ratio, eps, lam_end in itertools.product(
                     scale.offline_ratios if not scratch else (0.0,),
-                    scale.eps_starts if scale.eps_starts and not scratch else (None,)):
+                    scale.eps_starts if scale.eps_starts and not scratch else (None,),
+                    scale.lam_ends if scale.lam_ends and record.loss == "ovm" else (None,)):
                 cell = FinetuneCell(task, method,
-                                    finetune_base(scale, task_map(task), ratio, eps), pre,
+                                    finetune_base(scale, task_map(task), ratio, eps, lam_end),
+                                    pre,
                                     cql_online=record.study_cql_online
                                     and task_map(task) in scale.cql_online)
                 finetune.setdefault(cell.key, cell)

@@ -25,6 +25,9 @@ Scale keys (all but tasks and methods may come from the included file):
   offline_ratios          mixing ratios of the grid (default [0.0])
   eps_starts              fine-tuning epsilon at env step 0 (`explore.eps_start`), an axis of
                           the grid (default: the config's, 1.0); qmix runs at the default only
+  lam_ends                OVM's end weight of the offline memory (`learner.memory.lam_end`,
+                          eq. 6), an axis of the grid for the methods with OVM's loss (default:
+                          the config's, 0.0); the others run at the default only
   seeds                   seeds per cell, trained in one program
   steps                   {map: env steps of fine-tuning}
   test_interval           {map: env steps between greedy tests}
@@ -64,6 +67,7 @@ class Scale:
     pretrain_steps: int
     offline_ratios: tuple[float, ...] = (0.0,)
     eps_starts: tuple[float, ...] = ()
+    lam_ends: tuple[float, ...] = ()
     cql_online: tuple[str, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
     map_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -167,9 +171,10 @@ def _scale(path: Path, name: str, table: dict) -> Scale:
     for task in scale.tasks:
         if task.count("/") != 1:
             raise UserError(f"{where}: task {task!r} is not of the form map/quality")
-    bad_eps = [e for e in scale.eps_starts if not 0.0 <= e <= 1.0]
-    if bad_eps:
-        raise UserError(f"{where}: eps_starts {bad_eps} must lie in [0, 1]")
+    for axis in ("eps_starts", "lam_ends"):
+        bad = [v for v in getattr(scale, axis) if not 0.0 <= v <= 1.0]
+        if bad:
+            raise UserError(f"{where}: {axis} {bad} must lie in [0, 1]")
     for key in ("steps", "test_interval"):
         lacking = [m for m in scale.maps if m not in getattr(scale, key)]
         if lacking:
