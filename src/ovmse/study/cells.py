@@ -36,8 +36,18 @@ the CPU's one-seed-at-a-time updates (train/bucketing.py) did not bump it."""
 CURVE_KEYS = ("test_win_rate", "test_return", "probe_q")
 DEFAULT_EPS_START = TrainConfig().explore.eps_start
 DEFAULT_LAM_END = TrainConfig().learner.memory.lam_end
-"""Cells fine-tuning from another epsilon, or with another end weight of OVM's memory, say so
-in their name (and label)."""
+VARIANTS = (("mix", "mix", lambda c: c.finetune.offline_ratio, 0.0),
+            ("eps", "eps0", lambda c: c.explore.eps_start, DEFAULT_EPS_START),
+            ("lamend", "lam_end", lambda c: c.learner.memory.lam_end, DEFAULT_LAM_END))
+"""The grid's axes that a cell's name and label show where the cell leaves their default:
+(name tag, label tag, the setting in a TrainConfig, its default)."""
+
+
+def variants(base: TrainConfig) -> list[tuple[str, str, float]]:
+    """(name tag, label tag, value) of each of VARIANTS' settings that `base` moves from its
+    default: the offline mixing ratio, the starting epsilon, OVM's end weight."""
+    return [(tag, label, get(base)) for tag, label, get, default in VARIANTS
+            if get(base) != default]
 
 
 def digest(obj: dict) -> str:
@@ -99,12 +109,8 @@ class FinetuneCell:
     def name(self) -> str:
         where = (self.task.split("/")[0] if self.record.from_scratch
                  else self.task.replace("/", "-"))
-        ratio, eps = self.base.finetune.offline_ratio, self.base.explore.eps_start
-        lam_end = self.base.learner.memory.lam_end
         return (f"{where}-{self.method}" + ("-cql" if self.cql_online else "")
-                + (f"-mix{ratio:g}" if ratio else "")
-                + (f"-eps{eps:g}" if eps != DEFAULT_EPS_START else "")
-                + (f"-lamend{lam_end:g}" if lam_end != DEFAULT_LAM_END else ""))
+                + "".join(f"-{tag}{value:g}" for tag, _, value in variants(self.base)))
 
 
 Cell = PretrainCell | FinetuneCell

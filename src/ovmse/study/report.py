@@ -24,7 +24,7 @@ from ovmse.methods import method
 from ovmse.plots import plot_panels
 from ovmse.runs import write_text
 from ovmse.stats import bootstrap_ci, interquartile_mean, steps_to_threshold, transition_drop
-from ovmse.study.cells import DEFAULT_EPS_START, DEFAULT_LAM_END
+from ovmse.study.cells import variants
 from ovmse.study.runner import plan_cells
 from ovmse.study.spec import Scale, Spec, task_map
 from ovmse.study.store import ResultStore
@@ -131,12 +131,8 @@ def cell_label(cell) -> str:
     """A fine-tuning cell's name in figures and tables: its method, "+ CQL online" where the
     spec keeps CQL online for a method that drops it by default, its offline mixing ratio, its
     starting epsilon and OVM's end weight where they are not the defaults."""
-    ratio, eps = cell.base.finetune.offline_ratio, cell.base.explore.eps_start
-    lam_end = cell.base.learner.memory.lam_end
     return (cell.method + (" + CQL online" if cell.cql_online else "")
-            + (f" mix {ratio:g}" if ratio else "")
-            + (f" eps0 {eps:g}" if eps != DEFAULT_EPS_START else "")
-            + (f" lam_end {lam_end:g}" if lam_end != DEFAULT_LAM_END else ""))
+            + "".join(f" {label} {value:g}" for _, label, value in variants(cell.base)))
 
 
 def _offline_win(plan, results, task: str) -> float | None:
