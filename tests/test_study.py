@@ -454,6 +454,19 @@ def test_final_table_report_from_stored_results(tmp_path):
     assert "Code: 0.1.0 at abababa, modified (1 cells), not recorded (2 cells)" in text
 
 
+def test_the_scale_line_names_the_settings_of_the_specs_own_maps_only(tmp_path):
+    spec = toy_spec(tmp_path, extra='cql_online = ["2s3z"]\n'
+                    'map_settings = { "3m" = { "learner.td_lambda" = 0.3 }, '
+                    '"2s3z" = { "learner.td_lambda" = 0.6 } }')
+    store = fake_results_folder(spec, tmp_path / "results")
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    assert "; on 3m `learner.td_lambda=0.3`." in text
+    assert "2s3z" not in text
+    spec = toy_spec(tmp_path, extra='cql_online = ["3m"]')
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    assert "; ovmse keeps CQL online on 3m." in text
+
+
 def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
     spec = toy_spec(tmp_path, report="curves", methods=("ovmse", "se"))
     store = fake_results_folder(spec, tmp_path / "results")

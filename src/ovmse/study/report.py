@@ -67,8 +67,13 @@ def _scale_text(scale: Scale) -> str:
             f"pre-training {scale.pretrain_steps:,} gradient steps")
     if scale.settings:
         text += "; settings " + ", ".join(f"`{k}={v}`" for k, v in scale.settings.items())
-    if scale.cql_online:
-        text += f"; ovmse keeps CQL online on {', '.join(scale.cql_online)}"
+    for map_name in scale.maps:
+        if scale.map_settings.get(map_name):
+            text += f"; on {map_name} " + ", ".join(
+                f"`{k}={v}`" for k, v in scale.map_settings[map_name].items())
+    cql_online = [m for m in scale.cql_online if m in scale.maps]
+    if cql_online:
+        text += f"; ovmse keeps CQL online on {', '.join(cql_online)}"
     return text + "."
 
 
