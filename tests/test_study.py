@@ -478,6 +478,15 @@ def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
     assert "shaded: the interquartile range over seeds" in text
 
 
+def test_every_task_lists_its_methods_in_the_specs_order(tmp_path):
+    spec = toy_spec(tmp_path, report="curves", tasks=("3m/medium", "3m/medium-replay"),
+                    methods=("ovmse", "qmix"))
+    store = fake_results_folder(spec, tmp_path / "results")
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    replay = text[text.index("## 3m/medium-replay"):]
+    assert replay.index("| ovmse |") < replay.index("| qmix |")
+
+
 def test_the_drop_is_measured_from_the_cells_own_pretraining(tmp_path):
     spec = toy_spec(tmp_path, report="curves", methods=("ovmse", "macal-ql"))
     store = fake_results_folder(spec, tmp_path / "results")

@@ -119,10 +119,13 @@ def seed_curves(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def by_task(plan, results) -> dict[str, dict[str, dict]]:
-    """{task: {method label: result}} for the stored fine-tuning results of the plan."""
+    """{task: {method label: result}} for the stored fine-tuning results of the plan, each
+    task's methods in the spec's order (a from-scratch cell, planned once per map under its
+    first task, takes its method's place in every task of its map)."""
     out: dict[str, dict[str, dict]] = {t: {} for t in dict.fromkeys(c.task for c in
                                                                        plan.finetune)}
-    for cell in plan.finetune:
+    methods = list(dict.fromkeys(c.method for c in plan.finetune))
+    for cell in sorted(plan.finetune, key=lambda c: methods.index(c.method)):
         if cell.key in results:
             label = cell_label(cell)
             for task in out:
