@@ -66,15 +66,19 @@ def _scale_text(scale: Scale) -> str:
     text = (f"Scale: {scale.seeds} seeds per cell; fine-tuning env steps: {steps}; MACQL "
             f"pre-training {scale.pretrain_steps:,} gradient steps")
     if scale.settings:
-        text += "; settings " + ", ".join(f"`{k}={v}`" for k, v in scale.settings.items())
+        text += "; settings " + _settings_text(scale.settings)
     for map_name in scale.maps:
         if scale.map_settings.get(map_name):
-            text += f"; on {map_name} " + ", ".join(
-                f"`{k}={v}`" for k, v in scale.map_settings[map_name].items())
+            text += f"; on {map_name} " + _settings_text(scale.map_settings[map_name])
     cql_online = [m for m in scale.cql_online if m in scale.maps]
     if cql_online:
         text += f"; ovmse keeps CQL online on {', '.join(cql_online)}"
     return text + "."
+
+
+def _settings_text(settings: dict) -> str:
+    """'`key=value`, ...' of config settings, in their order."""
+    return ", ".join(f"`{k}={v}`" for k, v in settings.items())
 
 
 def _cells_by(heading: str, values) -> str:
