@@ -15,6 +15,7 @@ import pytest
 from ovmse.cli import main
 from ovmse.config import (PretrainConfig, TrainConfig, to_dict, validate_pretrain,
                           with_overrides)
+from ovmse.datasets.card import mean_return_to_go
 from ovmse.errors import UserError
 from ovmse.methods import finetune_config, foreign_options, scratch_config
 from ovmse.provenance import code_version
@@ -426,12 +427,22 @@ def fake_finetune(cell, final, wins, probe):
                 final_test=dict(median_win_rate=float(np.median(final)), win_rate=final))
 
 
+def fake_pretrain(cell, wins, q_tot, return_to_go) -> dict:
+    """A pre-training result of two seeds with these curves at gradient steps 0, 100, ..."""
+    steps = [100 * i for i in range(len(wins))]
+    curves = {str(s): dict(updates=steps, test_win_rate=list(wins), q_taken=list(q_tot))
+              for s in range(2)}
+    return dict(fake_result(cell), curves=curves,
+                dataset=dict(win_rate=0.4, return_to_go=return_to_go),
+                final_test=dict(median_win_rate=0.5, win_rate=[0.5, 0.5]))
+
+
 def fake_results_folder(spec, root: Path) -> ResultStore:
     store = ResultStore(root)
     plan = plan_cells(spec, "cpu")
     for pre in plan.pretrain:
-        store.save(pre, dict(fake_result(pre), final_test=dict(median_win_rate=0.5,
-                                                               win_rate=[0.5, 0.5])))
+        store.save(pre, fake_pretrain(pre, [0.0, 0.2, 0.4, 0.5, 0.5], [None, 2.0, 4.0, 5.0, 5.0],
+                                      return_to_go=2.5))
     for i, cell in enumerate(plan.finetune):
         store.save(cell, fake_finetune(cell, [0.6 + 0.1 * i, 0.8 + 0.1 * i],
                                        [0.5, 0.1 * i, 0.9], [10.0, 8.0 - i, 9.0]))
@@ -452,6 +463,25 @@ def test_final_table_report_from_stored_results(tmp_path):
                                                       dirty=True)))
     text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
     assert "Code: 0.1.0 at abababa, modified (1 cells), not recorded (2 cells)" in text
+
+
+def test_the_final_table_report_shows_each_pretrainings_curve_against_the_datas_return(
+        tmp_path):
+    spec = toy_spec(tmp_path, methods=("ovmse", "macal-ql"))
+    store = fake_results_folder(spec, tmp_path / "results")
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    # steps 0..400: the tests nearest 100, 200, 300 and 400; Q_tot 5.0 is twice the data's 2.5
+    assert ("| 3m/medium MACQL | 2 | 0.400 | 100 / 200 / 300 / 400 | 0.20 / 0.40 / 0.50 / 0.50 "
+            "| 2.0 / 4.0 / 5.0 / 5.0 | 2.50 | 0.500 |") in text
+    assert "| 3m/medium Cal-QL | 2 |" in text
+    assert (tmp_path / "out" / "toy-cpu-pretraining-3m.png").is_file()
+    calql = next(c for c in plan_cells(spec, "cpu").pretrain if c.config.learner.cql.calibrated)
+    old = store.load(calql)   # stored before pre-trainings recorded Q_tot and the return-to-go
+    for curve in old["curves"].values():
+        del curve["q_taken"]
+    store.save(calql, dict(old, dataset=dict(win_rate=0.4)))
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    assert "| 0.20 / 0.40 / 0.50 / 0.50 | - / - / - / - | - | 0.500 |" in text
 
 
 def test_the_scale_line_names_the_settings_of_the_specs_own_maps_only(tmp_path):
@@ -634,6 +664,10 @@ def test_a_real_toy_study_runs_and_finished_finetuning_drops_its_checkpoint(toy_
     assert stored["code"] == code_version() == store.load(pre)["code"]   # which code computed it
     assert stored["dataset_fingerprint"] == data_fingerprint(pre.config.dataset)  # which data
     assert sorted(stored["curves"]) == ["0", "1"] and stored["curves"]["0"]["t_env"][0] == 0
+    pretrained = store.load(pre)   # its Q_tot curve, to read against the data's return-to-go
+    assert pretrained["dataset"]["return_to_go"] == pytest.approx(
+        mean_return_to_go(Path(pre.config.dataset), pre.config.learner.gamma)[0])
+    assert all(q is not None for q in pretrained["curves"]["0"]["q_taken"][1:])
     assert comparable(run_cell(cell, work)) == comparable(stored)  # read back, not rerun
 
 

@@ -31,7 +31,7 @@ def plot_panels(panels: list[dict], path: Path, title: str = "") -> None:
     panels: [{"title", "ylabel", "lines": {method: (steps [K], values [K])}, optional
     "bands": {method: (steps [K], low [K], high [K])} shaded in the line's colour (e.g. the
     interquartile range over seeds), optional "hline": (value, label), optional "ylim": (low,
-    high)}]."""
+    high), optional "xlabel" (default "env steps")}]."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for method, (steps, values) in panel["lines"].items():
@@ -42,7 +42,8 @@ def plot_panels(panels: list[dict], path: Path, title: str = "") -> None:
         if panel.get("hline"):
             value, label = panel["hline"]
             ax.axhline(value, ls="--", color="black", lw=1, label=label)
-        ax.set(xlabel="env steps", ylabel=panel["ylabel"], title=panel["title"])
+        ax.set(xlabel=panel.get("xlabel", "env steps"), ylabel=panel["ylabel"],
+               title=panel["title"])
         ax.xaxis.set_major_formatter(STEPS_FORMAT)
         if panel.get("ylim"):
             ax.set_ylim(*panel["ylim"])

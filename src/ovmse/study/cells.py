@@ -34,6 +34,9 @@ KEY_VERSION = 1
 Float rounding does not count (a cell computed on a GPU stands for the same cell on a CPU):
 the CPU's one-seed-at-a-time updates (train/bucketing.py) did not bump it."""
 CURVE_KEYS = ("test_win_rate", "test_return", "probe_q")
+PRETRAIN_CURVE_KEYS = ("test_win_rate", "test_return", "q_taken")
+"""A pre-training's curves: its greedy tests, and Q_tot(tau, a) on the data's actions (averaged
+over the batches of the gradient steps since the previous test), which shows where it levels off."""
 DEFAULT_EPS_START = TrainConfig().explore.eps_start
 DEFAULT_LAM_END = TrainConfig().learner.memory.lam_end
 VARIANTS = (("mix", "mix", lambda c: c.finetune.offline_ratio, 0.0),
@@ -155,13 +158,30 @@ def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool,
                            progress=progress, log=log)
     config = read_json(run_dir / "config.json")
     del config["dataset"]
+    fingerprint = pretrained_checkpoint(run_dir)[1]["dataset"]["fingerprint"]
     return dict(kind="pretrain", key=cell.key, name=cell.name, task=cell.task,
-                config=config, dataset=summary["dataset"] | dict(path=None),
-                dataset_fingerprint=pretrained_checkpoint(run_dir)[1]["dataset"]["fingerprint"],
+                config=config, dataset=summary["dataset"] | dict(
+                    path=None, return_to_go=_return_to_go(cell, fingerprint)),
+                dataset_fingerprint=fingerprint,
                 final_test=summary["final_test"], wall_s=summary["wall_s"],
                 device=summary.get("device"), code=summary.get("code"),
                 curves=_curves(read_jsonl(run_dir / "metrics.jsonl"), "updates",
-                               ("test_win_rate", "test_return")))
+                               PRETRAIN_CURVE_KEYS))
+
+
+def _return_to_go(cell: PretrainCell, fingerprint: str) -> float | None:
+    """The data's discounted return-to-go at the pre-training's gamma, averaged over its real
+    steps (datasets/card.py): the level a calibrated Q_tot of the data's actions is near, to
+    read a pre-training's Q_tot curve against. None when this machine's copy of the data is
+    missing or is not the data the pre-training learned from (`fingerprint`)."""
+    from ovmse.datasets.card import mean_return_to_go
+
+    try:
+        if data_fingerprint(cell.config.dataset) != fingerprint:
+            return None
+    except UserError:
+        return None
+    return mean_return_to_go(Path(cell.config.dataset), cell.config.learner.gamma)[0]
 
 
 def pretrained_run(cell: PretrainCell, work_dir: Path) -> Path:

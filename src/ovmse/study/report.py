@@ -112,13 +112,15 @@ def _markdown_table(header: list[str], rows: list[list]) -> list[str]:
             + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
-def seed_curves(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps [S, K], values [S, K]) of a result's per-seed test curves, cut to the shortest."""
+def seed_curves(result: dict, key: str, x: str = "t_env") -> tuple[np.ndarray, np.ndarray]:
+    """(steps [S, K], values [S, K]) of a result's per-seed test curves, cut to the shortest;
+    steps are env steps (`x` "t_env") or gradient steps ("updates", pre-training); a value the
+    result lacks (an older result's curve) or did not record is NaN."""
     curves = [result["curves"][seed] for seed in sorted(result["curves"], key=int)]
-    length = min(len(c["t_env"]) for c in curves)
-    steps = np.array([c["t_env"][:length] for c in curves], float)
-    values = np.array([[np.nan if v is None else v for v in c[key][:length]] for c in curves],
-                      float)
+    length = min(len(c[x]) for c in curves)
+    steps = np.array([c[x][:length] for c in curves], float)
+    values = np.array([[np.nan if v is None else v for v in c.get(key, [None] * length)[:length]]
+                       for c in curves], float)
     return steps, values
 
 
@@ -190,7 +192,65 @@ def _final_table(plan, results, scale, out_dir, stem) -> list[str]:
              *_markdown_table(["task", "offline"] + methods, median_rows), "",
              "Interquartile mean over seeds of the final win rate [95% stratified bootstrap "
              "interval]; the last row pools all tasks:", "",
-             *_markdown_table(["task"] + methods, iqm_rows)])
+             *_markdown_table(["task"] + methods, iqm_rows),
+             *_pretraining_section(plan, results, out_dir, stem)])
+
+
+PRETRAIN_POINTS = (0.25, 0.5, 0.75, 1.0)
+"""Where a pre-training's curve is read in the table: the tests nearest these fractions of its
+gradient steps."""
+
+
+def _pretraining_section(plan, results, out_dir, stem) -> list[str]:
+    """The stored pre-trainings' curves (issue 18: pre-trained to their plateau): per map a
+    figure of the median greedy win rate and the median Q_tot(tau, a) on the data over the
+    data's discounted return-to-go, against gradient steps; and a table of both, read at
+    PRETRAIN_POINTS, beside the data's win rate and return-to-go. Q_tot is '-' for results
+    stored before pre-trainings recorded it."""
+    stored = [c for c in plan.pretrain if c.key in results]
+    if not stored:
+        return []
+    lines = ["", "## Pre-training", "",
+             "Each pre-training's greedy tests (median over seeds) and its Q_tot(tau, a) on the "
+             "data's actions (median over seeds of the mean over the batches since the previous "
+             "test), read at about a quarter, half, three quarters and all of its gradient steps; "
+             "`return-to-go` is the data's discounted return-to-go averaged over its steps, the "
+             "level a calibrated Q_tot of the data's actions is near. A pre-training is at its "
+             "plateau where both stop rising.", ""]
+    rows = []
+    for map_name in dict.fromkeys(task_map(c.task) for c in stored):
+        win_lines, q_lines = {}, {}
+        for cell in (c for c in stored if task_map(c.task) == map_name):
+            result = results[cell.key]
+            label = f"{cell.task} {'Cal-QL' if cell.config.learner.cql.calibrated else 'MACQL'}"
+            steps, wins = seed_curves(result, "test_win_rate", "updates")
+            _, q_tot = seed_curves(result, "q_taken", "updates")
+            t, median_win = np.median(steps, 0), np.median(wins, 0)
+            median_q = np.median(q_tot, 0)
+            rtg = result["dataset"].get("return_to_go")
+            win_lines[label] = (t, median_win)
+            if rtg and not np.isnan(median_q[1:]).all():
+                q_lines[label] = (t[1:], median_q[1:] / rtg)
+            points = [int(np.argmin(np.abs(t - f * t[-1]))) for f in PRETRAIN_POINTS]
+            rows.append([label, len(result["curves"]), _fmt(result["dataset"]["win_rate"]),
+                         " / ".join(f"{t[i]:,.0f}" for i in points),
+                         " / ".join(_fmt(median_win[i], 2) for i in points),
+                         " / ".join("-" if np.isnan(median_q[i]) else f"{median_q[i]:.1f}"
+                                    for i in points),
+                         "-" if rtg is None else f"{rtg:.2f}",
+                         _fmt(result["final_test"]["median_win_rate"])])
+        figure = f"{stem}-pretraining-{map_name}.png"
+        panels = [dict(title=f"{map_name}: median greedy win rate", ylabel="test win rate",
+                       xlabel="gradient steps", lines=win_lines, ylim=(-0.02, 1.02))]
+        if q_lines:
+            panels.append(dict(title=f"{map_name}: median Q_tot on the data",
+                               ylabel="Q_tot / data's return-to-go", xlabel="gradient steps",
+                               lines=q_lines, hline=(1.0, "data's return-to-go")))
+        plot_panels(panels, out_dir / figure)
+        lines += [f"![{map_name} pre-training]({figure})", ""]
+    return lines + _markdown_table(
+        ["pre-training", "seeds", "data win rate", "at steps", "greedy win rate", "Q_tot",
+         "return-to-go", "final greedy (median)"], rows)
 
 
 def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
