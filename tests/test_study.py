@@ -21,7 +21,8 @@ from ovmse.methods import finetune_config, foreign_options, scratch_config
 from ovmse.provenance import code_version
 from ovmse.runs import device_name
 from ovmse.study import executors
-from ovmse.study.cells import FinetuneCell, PretrainCell, cell_dir, data_fingerprint, run_cell
+from ovmse.study.cells import (FinetuneCell, PretrainCell, cell_dir, data_return_to_go,
+                               data_fingerprint, run_cell)
 from ovmse.study.executors import LocalExecutor
 from ovmse.study.report import build_report
 from ovmse.study.runner import (PRETRAINING_FILES, plan_cells, require_data, run_study,
@@ -300,6 +301,16 @@ def test_cache_key_is_stable_and_ignores_where_the_data_lives():
     assert same.key == pre.key
     assert FinetuneCell("3m/medium", "ovmse", TrainConfig(), same).key == cell.key
     assert len(pre.key) == 16 and int(pre.key, 16) >= 0
+
+
+def test_the_return_to_go_is_read_only_from_the_data_the_pretraining_learned_from(tmp_path):
+    pre = PretrainCell("3m/medium", PretrainConfig(dataset=str(SHIPPED / "3m" / "medium")))
+    fingerprint = data_fingerprint(pre.config.dataset)
+    assert data_return_to_go(pre, fingerprint) == pytest.approx(
+        mean_return_to_go(SHIPPED / "3m" / "medium", 0.99)[0])
+    assert data_return_to_go(pre, "other data") is None
+    gone = PretrainCell("3m/medium", PretrainConfig(dataset=str(tmp_path / "gone")))
+    assert data_return_to_go(gone, fingerprint) is None
 
 
 def test_qmix_key_ignores_the_pretraining_but_not_the_map_or_network():

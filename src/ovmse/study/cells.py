@@ -1,10 +1,10 @@
 """Cells: the unit of work of a study, one training run of all its seeds.
 
 A `PretrainCell` pre-trains MACQL (or Cal-QL, for macal-ql) on one dataset; a `FinetuneCell`
-fine-tunes one method from a pre-trained cell (qmix only borrows the map and network sizes). Each cell has a key: the first
-16 hex digits of SHA-256 over its canonical JSON (every config value that can change its result,
-and the key of the cell it starts from), so that results are cached per cell and shared by every
-spec that needs the same run. Datasets enter keys by task name ("3m/medium"); the dataset's
+fine-tunes one method from a pre-trained cell (qmix only borrows the map and network sizes).
+Each cell has a key: the first 16 hex digits of SHA-256 over its canonical JSON (every config
+value that can change its result, and the key of the cell it starts from), so that results are
+cached per cell and shared by every spec that needs the same run. Datasets enter keys by task name ("3m/medium"); the dataset's
 content fingerprint is stored with the pre-training result and checked before it is reused.
 
 `run_cell(cell, work_dir)` runs a cell into work_dir/<kind>/<name>-<key>/ (resuming an
@@ -161,7 +161,7 @@ def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool,
     fingerprint = pretrained_checkpoint(run_dir)[1]["dataset"]["fingerprint"]
     return dict(kind="pretrain", key=cell.key, name=cell.name, task=cell.task,
                 config=config, dataset=summary["dataset"] | dict(
-                    path=None, return_to_go=_return_to_go(cell, fingerprint)),
+                    path=None, return_to_go=data_return_to_go(cell, fingerprint)),
                 dataset_fingerprint=fingerprint,
                 final_test=summary["final_test"], wall_s=summary["wall_s"],
                 device=summary.get("device"), code=summary.get("code"),
@@ -169,7 +169,7 @@ def _run_pretrain(cell: PretrainCell, work_dir: Path, progress: bool,
                                PRETRAIN_CURVE_KEYS))
 
 
-def _return_to_go(cell: PretrainCell, fingerprint: str) -> float | None:
+def data_return_to_go(cell: PretrainCell, fingerprint: str) -> float | None:
     """The data's discounted return-to-go at the pre-training's gamma, averaged over its real
     steps (datasets/card.py): the level a calibrated Q_tot of the data's actions is near, to
     read a pre-training's Q_tot curve against. None when this machine's copy of the data is
