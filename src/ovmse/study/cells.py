@@ -4,8 +4,9 @@ A `PretrainCell` pre-trains MACQL (or Cal-QL, for macal-ql) on one dataset; a `F
 fine-tunes one method from a pre-trained cell (qmix only borrows the map and network sizes).
 Each cell has a key: the first 16 hex digits of SHA-256 over its canonical JSON (every config
 value that can change its result, and the key of the cell it starts from), so that results are
-cached per cell and shared by every spec that needs the same run. Datasets enter keys by task name ("3m/medium"); the dataset's
-content fingerprint is stored with the pre-training result and checked before it is reused.
+cached per cell and shared by every spec that needs the same run. Datasets enter keys by task
+name ("3m/medium"); the dataset's content fingerprint is stored with the pre-training result and
+checked before it is reused.
 
 `run_cell(cell, work_dir)` runs a cell into work_dir/<kind>/<name>-<key>/ (resuming an
 interrupted run from its checkpoint; a finished fine-tuning cell drops its checkpoint, a
