@@ -21,8 +21,8 @@ from ovmse.methods import finetune_config, foreign_options, scratch_config
 from ovmse.provenance import code_version
 from ovmse.runs import device_name
 from ovmse.study import executors
-from ovmse.study.cells import (FinetuneCell, PretrainCell, cell_dir, data_return_to_go,
-                               data_fingerprint, run_cell)
+from ovmse.study.cells import (FinetuneCell, PretrainCell, cell_dir, data_fingerprint,
+                               data_return_to_go, run_cell)
 from ovmse.study.executors import LocalExecutor
 from ovmse.study.report import build_report
 from ovmse.study.runner import (PRETRAINING_FILES, plan_cells, require_data, run_study,
