@@ -514,9 +514,22 @@ def test_curves_report_has_figure_drop_and_steps_to_threshold(tmp_path):
     text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
     # ovmse: median win 0.5, 0.0, 0.9 -> drop 0.5 - 0.0 over the first two tests; the 0.5 at
     # step 0 is the pre-trained policy's, so 0.4 is first reached after the start at 400
-    assert "| ovmse | 0.700 | 0.700 [0.600, 0.800] | 0.500 | 400 | 400 |" in text
+    assert "| ovmse | 0.700 | 0.700 [0.600, 0.800] | 0.500 | 0.000 at 200 | 400 | 400 |" in text
     assert (tmp_path / "out" / "toy-cpu-3m-medium.png").stat().st_size > 10_000
     assert "shaded: the interquartile range over seeds" in text
+
+
+def test_the_lowest_column_shows_a_fall_after_the_first_tenth_that_the_drop_misses(tmp_path):
+    spec = toy_spec(tmp_path, report="curves", methods=("ovmse",))
+    store = fake_results_folder(spec, tmp_path / "results")
+    cell = plan_cells(spec, "cpu").finetune[0]
+    wins = [0.5, 0.45, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.2]
+    curve = dict(t_env=[100 * i for i in range(11)], test_win_rate=wins,
+                 test_return=[10 * w for w in wins], probe_q=[1.0] * 11)
+    store.save(cell, dict(store.load(cell), curves={"0": curve, "1": curve}))
+    text = build_report(spec, "cpu", store, tmp_path / "out").read_text()
+    # the first tenth is steps 0 and 100: drop 0.5 - 0.45; the fall to 0 at 800 is later
+    assert "| ovmse | 0.700 | 0.700 [0.600, 0.800] | 0.050 | 0.000 at 800 |" in text
 
 
 def test_every_task_lists_its_methods_in_the_specs_order(tmp_path):

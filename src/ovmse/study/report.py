@@ -8,6 +8,8 @@ Statistics per (task, method), over the seeds of its cell:
                     (stats.interquartile_mean, stats.bootstrap_ci; rliable's method)
   drop              its own pre-training's final win rate minus the lowest median test win
                     rate in the first 10% of fine-tuning (stats.transition_drop)
+  lowest            the lowest median test win rate over the whole run and the first env
+                    step it is reached at: a fall after the first 10% shows here, not in drop
   steps to X        first env step after the start at which the median test win rate reaches
                     X (stats.steps_to_threshold on the tests after step 0, so that a pre-trained
                     policy already above X does not count as having reached it at 0)
@@ -278,8 +280,9 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
             start = results.get(result.get("pretrain_key"))
             drop = (transition_drop(median_win, start["final_test"]["median_win_rate"])
                     if start is not None and not scratch else None)
+            low = int(np.argmin(median_win))
             rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
-                         _fmt(drop)] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
+                         _fmt(drop), f"{median_win[low]:.3f} at {t[low]:,.0f}"] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
                                         for x in THRESHOLDS])
         figure = f"{stem}-{task.replace('/', '-')}.png"
         hline = (offline, "offline policy") if offline is not None else None
@@ -294,7 +297,7 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
         plot_panels(panels, out_dir / figure)
         lines += [f"## {task}", "", f"![{task}]({figure})", "", SPREAD_NOTE, "",
                   *_markdown_table(["method", "final median", "final IQM [95% CI]", "drop",
-                                    *[f"steps to {x:g}" for x in THRESHOLDS]], rows), ""]
+                                    "lowest", *[f"steps to {x:g}" for x in THRESHOLDS]], rows), ""]
     return lines
 
 
