@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -770,6 +771,9 @@ def test_ray_executor_matches_the_in_process_one(toy_study, tmp_path):
         remote = executors.RayExecutor(init_options=dict(num_cpus=2, include_dashboard=False))
         counts = run_study(spec, "cpu", by_ray, tmp_path / "work", remote, (SHIPPED,),
                            log=lambda _: None)
+        # its cells run at the runner's priority, not at Ray's default niceness 15
+        niceness = lambda: os.nice(0)   # noqa: E731 (a lambda travels to the worker by value)
+        assert ray.get(ray.remote(niceness).remote()) == niceness()
     finally:
         ray.shutdown()
     assert counts == dict(cached=0, ran=2, running_elsewhere=0)

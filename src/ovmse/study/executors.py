@@ -113,7 +113,11 @@ class RayExecutor:
     neither preallocates GPU memory nor uses more than 0.9 x gpus_per_cell of it (see
     `ray_task_options`), so the cells sharing a GPU cannot run it out of memory together.
     When `run` stops early (a cell failed, an error or Ctrl-C in the runner), the cells still
-    pending are cancelled, so none runs on after the runner has released its claim."""
+    pending are cancelled, so none runs on after the runner has released its claim.
+    A local instance runs its tasks at the runner's own priority (Ray's `worker_niceness` 0),
+    as the local executor does: at Ray's default of 15 any other process on the machine starves
+    a cell (tests/test_study.py's Ray test beside one study process took 354 s, against 115 s at
+    0; 859 s in the suite beside the other test worker). `init_options` may override it."""
 
     def __init__(self, address: str | None = None, cpus_per_cell: float = 1.0,
                  gpus_per_cell: float = 0.0, init_options: dict | None = None,
@@ -126,7 +130,10 @@ class RayExecutor:
             raise UserError("the Ray executor needs Ray: pip install 'ovmse[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, **(init_options or {}))
+            options = dict(init_options or {})
+            if address is None:
+                options.setdefault("_system_config", dict(worker_niceness=0))
+            ray.init(address=address, **options)
         self.options = ray_task_options(cpus_per_cell, gpus_per_cell)
 
     def run(self, cells: Sequence[Cell], work_dir: Path,
