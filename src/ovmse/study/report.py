@@ -281,9 +281,10 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
             drop = (transition_drop(median_win, start["final_test"]["median_win_rate"])
                     if start is not None and not scratch else None)
             low = int(np.argmin(median_win))
+            lowest = f"{median_win[low]:.3f} at {t[low]:,.0f}"
             rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
-                         _fmt(drop), f"{median_win[low]:.3f} at {t[low]:,.0f}"] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
-                                        for x in THRESHOLDS])
+                         _fmt(drop), lowest] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
+                                                for x in THRESHOLDS])
         figure = f"{stem}-{task.replace('/', '-')}.png"
         hline = (offline, "offline policy") if offline is not None else None
         panels = [dict(title=f"{task}: median test win rate", ylabel="test win rate",
@@ -297,7 +298,8 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
         plot_panels(panels, out_dir / figure)
         lines += [f"## {task}", "", f"![{task}]({figure})", "", SPREAD_NOTE, "",
                   *_markdown_table(["method", "final median", "final IQM [95% CI]", "drop",
-                                    "lowest", *[f"steps to {x:g}" for x in THRESHOLDS]], rows), ""]
+                                    "lowest", *[f"steps to {x:g}" for x in THRESHOLDS]],
+                                   rows), ""]
     return lines
 
 
