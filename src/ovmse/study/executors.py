@@ -5,8 +5,9 @@ sends each cell to a Ray cluster as one task (pip install 'ovmse[ray]'), so that
 grid spreads over a cluster's CPUs and GPUs. Both yield (cell, result) as cells finish; the
 runner stores each result as it arrives, so an interrupted study loses at most its running cells.
 Both call `start(cell)` right before a cell would start (LocalExecutor: before running it or
-handing it to a free worker; RayExecutor: in this driver process, before submitting it) and skip the cell when it returns
-False: the runner claims cells there, and this process holds the claims while they run.
+handing it to a free worker; RayExecutor: in this driver process, before submitting it) and
+skip the cell when it returns False: the runner claims cells there, and this process holds the
+claims while they run.
 Both can train a fine-tuning cell's seeds a few at a time (`seeds_per_run`, cells.seed_groups)
 where its replay buffers do not fit in memory together.
 
