@@ -161,6 +161,12 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _lowest(steps: np.ndarray, values: np.ndarray, digits: int = 3) -> str:
+    """The lowest of values [K] and the first of steps [K] it is at: "0.000 at 40,181"."""
+    low = int(np.argmin(values))
+    return f"{values[low]:.{digits}f} at {steps[low]:,.0f}"
+
+
 def _iqm_ci(scores) -> str:
     low, high = bootstrap_ci(np.asarray(scores))
     return f"{interquartile_mean(scores):.3f} [{low:.3f}, {high:.3f}]"
@@ -280,11 +286,10 @@ def _curves_section(plan, results, scale, out_dir, stem) -> list[str]:
             start = results.get(result.get("pretrain_key"))
             drop = (transition_drop(median_win, start["final_test"]["median_win_rate"])
                     if start is not None and not scratch else None)
-            low = int(np.argmin(median_win))
-            lowest = f"{median_win[low]:.3f} at {t[low]:,.0f}"
             rows.append([label, _fmt(final["median_win_rate"]), _iqm_ci(final["win_rate"]),
-                         _fmt(drop), lowest] + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
-                                                for x in THRESHOLDS])
+                         _fmt(drop), _lowest(t, median_win)]
+                        + [_steps(steps_to_threshold(t[1:], median_win[1:], x))
+                           for x in THRESHOLDS])
         figure = f"{stem}-{task.replace('/', '-')}.png"
         hline = (offline, "offline policy") if offline is not None else None
         panels = [dict(title=f"{task}: median test win rate", ylabel="test win rate",
@@ -329,9 +334,8 @@ def _probe_section(plan, results, scale, out_dir, stem) -> list[str]:
             t, median_probe = np.median(steps, 0), np.median(probe, 0)
             probe_lines[label] = (t, median_probe)
             probe_bands[label] = (t, *_iqr(probe))
-            low = int(np.argmin(median_probe))
-            rows.append([label, _fmt(median_probe[0], 2),
-                         f"{median_probe[low]:.2f} at {t[low]:,.0f}", _fmt(median_probe[-1], 2)])
+            rows.append([label, _fmt(median_probe[0], 2), _lowest(t, median_probe, 2),
+                         _fmt(median_probe[-1], 2)])
         if not probe_lines:
             continue
         figure = f"{stem}-{task.replace('/', '-')}.png"
