@@ -8,6 +8,8 @@ import errno
 import json
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -782,6 +784,19 @@ def test_ray_executor_matches_the_in_process_one(toy_study, tmp_path):
         assert comparable(by_ray.load(cell)) == comparable(local.load(cell))
         assert by_ray.load(cell)["final_test"]["win_rate"] == \
             local.load(cell)["final_test"]["win_rate"]
+
+
+def test_a_local_ray_instance_runs_cells_at_niceness_0_unless_told_otherwise(monkeypatch):
+    """Other `_system_config` keys keep niceness 0; a cluster address leaves Ray's own."""
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False,
+                                 init=lambda **options: calls.append(options))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    executors.RayExecutor(init_options=dict(_system_config=dict(object_timeout_milliseconds=5)))
+    executors.RayExecutor(init_options=dict(_system_config=dict(worker_niceness=5)))
+    executors.RayExecutor(address="auto")
+    assert [c.get("_system_config") for c in calls] == [
+        dict(worker_niceness=0, object_timeout_milliseconds=5), dict(worker_niceness=5), None]
 
 
 def test_two_local_jobs_match_the_in_process_run(toy_study, tmp_path):

@@ -118,7 +118,8 @@ class RayExecutor:
     A local instance runs its tasks at the runner's own priority (Ray's `worker_niceness` 0),
     as the local executor does: at Ray's default of 15 any other process on the machine starves
     a cell (tests/test_study.py's Ray test beside one study process took 354 s, against 115 s at
-    0; 859 s in the suite beside the other test worker). `init_options` may override it."""
+    0; 859 s in the suite beside the other test worker). `init_options`'s `_system_config` may
+    set another `worker_niceness`; its other keys keep this one."""
 
     def __init__(self, address: str | None = None, cpus_per_cell: float = 1.0,
                  gpus_per_cell: float = 0.0, init_options: dict | None = None,
@@ -133,7 +134,8 @@ class RayExecutor:
         if not ray.is_initialized():
             options = dict(init_options or {})
             if address is None:
-                options.setdefault("_system_config", dict(worker_niceness=0))
+                options["_system_config"] = {"worker_niceness": 0,
+                                             **options.get("_system_config", {})}
             ray.init(address=address, **options)
         self.options = ray_task_options(cpus_per_cell, gpus_per_cell)
 
